@@ -1,0 +1,185 @@
+"""The bundled tiny InternVL: same architecture as InternVL3-1B, a few MB, built from code.
+
+No machine the tests run on can reach a model hub, so the tests and the offline demo use a
+tiny model generated deterministically here: the native transformers InternVL (InternViT
+vision tower, pixel-shuffle projector, Qwen2 language model) at toy sizes, with its own
+byte-level tokenizer that carries the ChatML and image special tokens. It is written with
+``save_pretrained`` and read back by the same ``from_pretrained`` path a real checkpoint
+takes, so every code path the tiny model exercises is the one a real checkpoint uses.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+TINY_NAME = "tiny"
+TINY_VERSION = "v1"
+
+# Tile side and patch size of the tiny vision tower: (56 / 14)^2 * 0.5^2 = 4 tokens per tile.
+TINY_TILE = 56
+TINY_PATCH = 14
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
+    "<video>",
+]
+
+
+def default_tiny_dir() -> Path:
+    """Where the tiny model is cached: $DREAMPRM_TINY_DIR, else ~/.cache/dreamprm/."""
+    env = os.environ.get("DREAMPRM_TINY_DIR")
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "dreamprm" / f"tiny-internvl-{TINY_VERSION}"
+
+
+def _byte_alphabet() -> list[str]:
+    """The 256 printable characters a byte-level BPE uses to stand for raw bytes (GPT-2 scheme)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def build_tiny_tokenizer():
+    """A byte-level tokenizer with Qwen2-style pre-tokenisation and the InternVL special tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(_byte_alphabet())}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    qwen_split = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(qwen_split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens={
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
+    )
+    fast.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS}, replace_extra_special_tokens=False)
+    fast.model_max_length = 32768
+    return fast
+
+
+def build_tiny_config(vocab_size: int, image_token_id: int):
+    from transformers import InternVLConfig
+
+    vision = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=TINY_TILE,
+        patch_size=TINY_PATCH,
+        attention_bias=True,
+        layer_scale_init_value=0.1,
+        use_mean_pooling=True,
+    )
+    text = dict(
+        model_type="qwen2",
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=vocab_size,
+        max_position_embeddings=32768,
+        rope_theta=1_000_000.0,
+        tie_word_embeddings=False,
+    )
+    seq = (TINY_TILE // TINY_PATCH) ** 2 // 4
+    return InternVLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=image_token_id,
+        image_seq_length=seq,
+        downsample_ratio=0.5,
+        tie_word_embeddings=False,
+    )
+
+
+def build_tiny(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Generate the tiny model + processor deterministically and save them to ``path``."""
+    import torch
+    from transformers import (
+        GotOcr2ImageProcessor,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVideoProcessor,
+    )
+
+    tokenizer = build_tiny_tokenizer()
+    image_token_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    config = build_tiny_config(len(tokenizer), image_token_id)
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration(config).eval()
+    image_processor = GotOcr2ImageProcessor(
+        crop_to_patches=True,
+        min_patches=1,
+        max_patches=12,
+        size={"height": TINY_TILE, "width": TINY_TILE},
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+    )
+    processor = InternVLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=InternVLVideoProcessor(
+            size={"height": TINY_TILE, "width": TINY_TILE}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
+        ),
+        image_seq_length=config.image_seq_length,
+    )
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def ensure_tiny(path: str | os.PathLike | None = None) -> Path:
+    """Return the folder of the tiny model, building it (atomically) on first use."""
+    target = Path(path) if path is not None else default_tiny_dir()
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    try:
+        build_tiny(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race: keep its copy
+            if not (target / "model.safetensors").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
