@@ -7,6 +7,7 @@ DataLoader workers when ``--num_workers`` > 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from PIL import Image
@@ -136,3 +137,65 @@ def collate(items: list[dict], pad_id: int = 0) -> Batch:
         domain=torch.tensor([it.get("domain", -1) for it in items], dtype=torch.long),
         true_false=torch.tensor([it.get("true_false", 1.0) for it in items], dtype=torch.float32),
     )
+
+
+class BatchStream:
+    """An endless, seeded, resumable stream of batches over a dataset.
+
+    Epoch ``e`` visits the dataset in the permutation drawn from ``seed`` and ``e``; the
+    stream's position (epoch, batches taken) is all a checkpoint needs to resume it exactly.
+    Items are built in DataLoader workers when ``num_workers`` > 0.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, pad_id: int, num_workers: int = 0,
+                 pin_memory: bool = False, shuffle: bool = True):
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.pad_id = pad_id
+        self.num_workers = int(num_workers)
+        self.pin_memory = pin_memory
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.taken = 0
+        self._iter = None
+
+    def _order(self) -> list[int]:
+        n = len(self.dataset)
+        if not self.shuffle:
+            return list(range(n))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(n, generator=g).tolist()
+
+    def _start(self) -> None:
+        from torch.utils.data import DataLoader
+
+        order = self._order()[self.taken * self.batch_size :]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            collate_fn=partial(collate, pad_id=self.pad_id),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+        self._iter = iter(loader)
+
+    def next(self) -> Batch:
+        if self._iter is None:
+            self._start()
+        try:
+            batch = next(self._iter)
+        except StopIteration:
+            self.epoch, self.taken = self.epoch + 1, 0
+            self._start()
+            batch = next(self._iter)
+        self.taken += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "taken": self.taken, "seed": self.seed, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.taken = int(state["epoch"]), int(state["taken"])
+        self._iter = None

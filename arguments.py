@@ -1,0 +1,125 @@
+"""Command-line flags of the project's entry points, in one place (DESIGN §6).
+
+``test_parser()`` is ``test.py`` (best-of-N evaluation of a trained PRM).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+AGGREGATION_CHOICES = ("mean", "log_mean", "max", "min", "log_odds", "all")
+
+
+def test_parser() -> argparse.ArgumentParser:
+    """Flags of ``test.py``: score every candidate, aggregate, select, report accuracy."""
+    p = argparse.ArgumentParser(
+        prog="test.py",
+        description="Best-of-N evaluation: score every candidate's steps with the PRM, aggregate, "
+        "select the best candidate, and report accuracy against baselines.",
+    )
+    p.add_argument("--test_json_file", default="./data/test.json",
+                   help="test records: question, image_path, candidates, true_false (default: %(default)s)")
+    p.add_argument("--reward_model", default="./weights",
+                   help="PRM to evaluate: a folder, 'tiny' (bundled tiny model) or a hub id (default: %(default)s)")
+    p.add_argument("--output_file", default="./results/bestofn.json",
+                   help="where the JSON report goes; its folder is created (default: %(default)s)")
+    p.add_argument("--aggregation_function", default="all", choices=AGGREGATION_CHOICES,
+                   help="aggregation(s) shown in the table and figure; the JSON always holds all five, "
+                   "computed from a single scoring pass (default: %(default)s)")
+    p.add_argument("--max_patch_num", type=int, default=12,
+                   help="maximum image tiles (a thumbnail is added when more than one) (default: %(default)s)")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"),
+                   help="model weights dtype; default: bf16 on cuda, fp32 on cpu")
+    p.add_argument("--batch_size", type=int, default=8,
+                   help="candidates per language-model batch (default: %(default)s)")
+    p.add_argument("--skip_bad_records", action="store_true",
+                   help="drop invalid records (and say how many) instead of stopping")
+    p.add_argument("--figs_dir", default="figs", help="where the accuracy-vs-N figure goes (default: %(default)s)")
+    return p
+
+
+def _flag_bool(text: str) -> bool:
+    """Booleans written the upstream way (``--retrain 1``) as well as ``true``/``false``."""
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "y"):
+        return True
+    if value in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (1/0/true/false), got {text!r}")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """Flags of ``train.py``: the upstream flag table (names and defaults kept) plus this project's."""
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description="DreamPRM-1.5 training: cold-start SFT (--retrain 1 / --baseline) or bi-level "
+        "instance reweighting (--reweighting table|net|domain) on Betty.",
+    )
+    g = p.add_argument_group("data and model paths")
+    g.add_argument("--train_json_file", default="./data/train.json", help="training records (default: %(default)s)")
+    g.add_argument("--meta_json_file", default="./data/meta.json", help="meta records with true_false (default: %(default)s)")
+    g.add_argument("--weights_path", default="./weights", help="output folder: model, weights, metrics, checkpoints (default: %(default)s)")
+    g.add_argument("--reward_model", default="OpenGVLab/InternVL3-1B-hf",
+                   help="starting PRM: a folder, 'tiny', or a hub id in the native transformers format (default: %(default)s)")
+
+    g = p.add_argument_group("bi-level optimization")
+    g.add_argument("--iteration_num", type=int, default=100000, help="total (lower-level) iterations (default: %(default)s)")
+    g.add_argument("--save_every_iterations", type=int, default=1, help="export + checkpoint every N iterations (default: %(default)s)")
+    g.add_argument("--unroll_steps", type=int, default=1, help="lower steps per upper step (default: %(default)s)")
+    g.add_argument("--gradiant_accumulation", type=int, default=1, help="gradient accumulation steps, both levels (default: %(default)s)")
+    g.add_argument("--gradiant_clipping", type=float, default=1.0, help="gradient-norm clipping, both levels; 0 = off (default: %(default)s)")
+    g.add_argument("--device", default="cuda", help="cuda or cpu (default: %(default)s)")
+    g.add_argument("--precision", default="bf16", choices=("fp32", "bf16"), help="model weights dtype and autocast (default: %(default)s)")
+    g.add_argument("--strategy", default="default", help="Betty strategy; only 'default' is supported on one device (default: %(default)s)")
+    g.add_argument("--rollback", action="store_true", help="Betty roll-back of the lower level after the upper step")
+    g.add_argument("--baseline", action="store_true", help="train the lower level alone with weight 1 (no reweighting)")
+    g.add_argument("--seed", type=int, default=1, help="random seed: data order and initialisation (default: %(default)s)")
+    g.add_argument("--local_rank", type=int, default=0, help="kept for upstream compatibility; unused")
+
+    g = p.add_argument_group("lower level (PRM)")
+    g.add_argument("--lr", type=float, default=5e-5, help="learning rate (default: %(default)s)")
+    g.add_argument("--momentum", type=float, default=0.9, help="Adam beta1 (default: %(default)s)")
+    g.add_argument("--weight_decay", type=float, default=0.01, help="decoupled weight decay (default: %(default)s)")
+    g.add_argument("--batch_size", type=int, default=1, help="instances per step (default: %(default)s)")
+    g.add_argument("--scheduler_step_size", type=int, default=1000, help="StepLR period when --scheduler_type step (default: %(default)s)")
+    g.add_argument("--scheduler_gamma", type=float, default=0.95, help="StepLR factor when --scheduler_type step (default: %(default)s)")
+    g.add_argument("--lower_loss", default="ce", choices=("ce", "mse"), help="per-step loss: cross-entropy (paper) or DreamPRM MSE (default: %(default)s)")
+
+    g = p.add_argument_group("upper level (instance weights)")
+    g.add_argument("--meta_lr", type=float, default=1e-1, help="meta learning rate; the run scripts set the paper's (default: %(default)s)")
+    g.add_argument("--meta_momentum", type=float, default=0.9, help="meta Adam beta1 (default: %(default)s)")
+    g.add_argument("--meta_weight_decay", type=float, default=1e-3, help="meta decoupled weight decay (default: %(default)s)")
+    g.add_argument("--meta_batch_size", type=int, default=1, help="meta CoTs per upper step (default: %(default)s)")
+    g.add_argument("--meta_scheduler_step_size", type=int, default=1000, help="meta StepLR period (default: %(default)s)")
+    g.add_argument("--meta_scheduler_gamma", type=float, default=0.95, help="meta StepLR factor (default: %(default)s)")
+
+    g = p.add_argument_group("method")
+    g.add_argument("--reweighting", default="table", choices=("table", "net", "domain"),
+                   help="Instance Table, Instance Net, or DreamPRM's Domain Table (default: %(default)s)")
+    g.add_argument("--retrain", type=_flag_bool, default=False, help="1 = plain SFT of the lower level (cold start) (default: %(default)s)")
+    g.add_argument("--activation_function", default="LeakyReLU", choices=("LeakyReLU", "ReLU", "No", "Clip", "sigmoid"),
+                   help="table weight activation (default: %(default)s)")
+    g.add_argument("--aggregation_function", default="mean", choices=("mean", "log_mean", "max", "min", "log_odds"),
+                   help="step-score aggregation in the meta loss (default: %(default)s)")
+    g.add_argument("--loss_target", default="both", choices=("both", "+"), help="meta loss target (default: %(default)s)")
+    g.add_argument("--initialization", type=float, default=1.0, help="initial raw table weight (default: %(default)s)")
+    g.add_argument("--max_patch_num", type=int, default=6, help="maximum image tiles in training (default: %(default)s)")
+    g.add_argument("--scheduler_type", default="cosine_schedule_with_warmup",
+                   choices=("cosine_schedule_with_warmup", "step", "constant"), help="both levels (default: %(default)s)")
+    g.add_argument("--warmup_ratio", type=float, default=0.05, help="linear warm-up share of the cosine schedule (default: %(default)s)")
+    g.add_argument("--hidden_dim", type=int, default=10, help="Instance Net hidden width (default: %(default)s)")
+    g.add_argument("--detach_net_input", action="store_true", help="stop gradients from the Instance Net into the PRM")
+
+    g = p.add_argument_group("system")
+    g.add_argument("--logger", default="none", choices=("none", "tensorboard", "wandb"), help="metrics logger besides metrics.jsonl (default: %(default)s)")
+    g.add_argument("--num_workers", type=int, default=0, help="DataLoader workers for image decoding and tiling (default: %(default)s)")
+    g.add_argument("--gradient_checkpointing", action="store_true", help="recompute activations in backward to save memory")
+    g.add_argument("--attn_implementation", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"), help="(default: %(default)s)")
+    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --weights_path")
+    g.add_argument("--keep_checkpoints", type=int, default=2, help="checkpoints kept in --weights_path/checkpoints (default: %(default)s)")
+    g.add_argument("--max_bad_steps", type=int, default=10, help="stop after this many non-finite updates in a row (default: %(default)s)")
+    g.add_argument("--skip_bad_records", action="store_true", help="drop invalid records (and say how many) instead of stopping")
+    g.add_argument("--figs_dir", default="figs", help="where training figures go (default: %(default)s)")
+    g.add_argument("--no_progress", action="store_true", help="no tqdm bar (e.g. in log files)")
+    return p

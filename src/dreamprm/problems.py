@@ -1,0 +1,142 @@
+"""Betty problems for the two levels, and the engine that drives them one iteration at a time.
+
+Lower: the PRM on instance-weighted training data (paper Eq. 1).
+Upper: the weight model, scored by the best-of-N-mimicking meta loss (paper Eq. 2); its
+gradient reaches the weights through Betty's ``darts`` hypergradient, which re-runs the lower
+``training_step`` with the PRM perturbed along the meta gradient.
+
+Everything a problem needs is passed when it is built; problems see each other only through
+the attributes Betty sets (``self.upper`` on the lower problem, ``self.lower`` on the upper).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from betty.configs import Config, EngineConfig
+from betty.engine import Engine
+from betty.problems import ImplicitProblem
+
+from .losses import instance_losses, meta_loss
+
+
+class _GuardedProblem(ImplicitProblem):
+    """Clips gradients and skips (and counts) an update whose loss or gradient is not finite."""
+
+    def __init__(self, name, config, module, optimizer, scheduler, stream):
+        super().__init__(name, config, module, optimizer, scheduler, train_data_loader=None)
+        self.stream = stream
+        self.stats: dict = {}
+        self.skipped_updates = 0
+        self.bad_in_a_row = 0
+        self.last_update_skipped = False
+        self._loss_finite = True
+
+    def get_batch(self):
+        return self.stream.next().to(self.device, non_blocking=True)
+
+    def get_loss(self, batch):
+        loss, loss_dict = super().get_loss(batch)
+        self._loss_finite = math.isfinite(loss_dict["loss"])
+        return loss, loss_dict
+
+    def optimizer_step(self, *args, **kwargs):
+        max_norm = self.gradient_clipping if self.gradient_clipping > 0 else float("inf")
+        params = [p for p in self.trainable_parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
+        self.last_update_skipped = not (self._loss_finite and bool(torch.isfinite(norm)))
+        if self.last_update_skipped:
+            self.skipped_updates += 1
+            self.bad_in_a_row += 1
+            return
+        self.bad_in_a_row = 0
+        self.optimizer.step()
+
+
+class LowerProblem(_GuardedProblem):
+    """The PRM, trained on instance-weighted step cross-entropy (or MSE)."""
+
+    def __init__(self, name, config, module, optimizer, scheduler, stream, lower_loss="ce"):
+        super().__init__(name, config, module, optimizer, scheduler, stream)
+        self.lower_loss = lower_loss
+
+    def training_step(self, batch):
+        steps = self.module(**batch.model_inputs())
+        n = batch.index.shape[0]
+        losses = instance_losses(steps, batch.labels, n, self.lower_loss)
+        upper = getattr(self, "upper", None)
+        if upper is None:
+            weights = torch.ones_like(losses)
+        else:
+            weights = upper(batch.index, batch.domain, steps)
+        weighted = (weights.to(losses.dtype) * losses).mean()
+        self._pending = (losses, weights, weighted, batch.index)
+        return weighted
+
+    def get_loss(self, batch):
+        loss, loss_dict = super().get_loss(batch)
+        losses, weights, weighted, index = self._pending  # from this (unperturbed) pass
+        w = weights.detach().float()
+        self.stats = {
+            "lower_loss": float(losses.detach().mean()),
+            "weighted_loss": float(weighted.detach()),
+            "weight_min": float(w.min()),
+            "weight_mean": float(w.mean()),
+            "weight_max": float(w.max()),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "instance_index": index.tolist(),
+            "instance_weight": w.tolist(),
+        }
+        return loss, loss_dict
+
+
+class UpperProblem(_GuardedProblem):
+    """The weight model, trained on the meta loss of the PRM's scores on meta CoTs."""
+
+    def __init__(self, name, config, module, optimizer, scheduler, stream, aggregation="mean", loss_target="both"):
+        super().__init__(name, config, module, optimizer, scheduler, stream)
+        self.aggregation = aggregation
+        self.loss_target = loss_target
+
+    def training_step(self, batch):
+        steps = self.lower(**batch.model_inputs())
+        return meta_loss(steps, batch.true_false, self.aggregation, self.loss_target)
+
+    def get_loss(self, batch):
+        loss, loss_dict = super().get_loss(batch)
+        self.stats = {"meta_loss": loss_dict["loss"], "meta_lr": self.optimizer.param_groups[0]["lr"]}
+        return loss, loss_dict
+
+
+def problem_config(args, upper: bool) -> Config:
+    return Config(
+        type="darts",
+        unroll_steps=args.unroll_steps,
+        gradient_accumulation=args.gradiant_accumulation,
+        gradient_clipping=args.gradiant_clipping,
+        precision=args.precision,
+        retain_graph=upper,
+    )
+
+
+class IterationEngine(Engine):
+    """Betty's engine, run one iteration at a time so the trainer can log, save and stop.
+
+    ``on_iteration(it)`` is called after every iteration; returning False stops the run.
+    ``start_iteration`` lets a resumed run continue where its checkpoint left off.
+    """
+
+    def __init__(self, problems, config: EngineConfig, dependencies, on_iteration, start_iteration: int = 0):
+        self.on_iteration = on_iteration
+        self.start_iteration = start_iteration
+        super().__init__(problems=problems, config=config, dependencies=dependencies)
+
+    def run(self):
+        self.train()
+        for it in range(self.start_iteration + 1, self.train_iters + 1):
+            self.global_step = it
+            self.train_step()
+            if self.on_iteration(it) is False:
+                break
+        self.cleanup()
