@@ -1,0 +1,351 @@
+"""Build the meta set and the best-of-N test set from questions + generated candidates.
+
+Usage::
+
+    python data/prepare_meta_test.py --questions mmmu_pro.jsonl --candidates cands.jsonl \\
+        [--meta_out meta.json] [--test_out test.json] [--image_root DIR]
+
+Inputs
+------
+* ``--questions``: MMMU / MMMU-Pro style records, JSONL (one a line) or JSON (a list):
+  ``id`` (string or number), ``question`` (text; ``<image 1>`` placeholders are left as they are),
+  ``options`` (a list, a ``{"A": ...}`` dict, or the string form of a list as in the MMMU
+  parquet files, e.g. ``"['3', '4']"``; empty or absent = open question), ``answer`` (a letter
+  for multiple choice, else free text, or a list of acceptable free-text answers) and the image
+  path in ``image_path``, ``image`` or ``image_1`` (the first one present; relative paths are
+  kept, or joined to ``--image_root``).
+* ``--candidates``: JSONL, one generated solution a line: ``{"id" or "question_id", "candidate"}``.
+  Candidates keep their file order within a question.
+
+Outputs (DESIGN §3)
+-------------------
+* ``--meta_out``: one training-format record per candidate, ``id`` = ``<question id>#<k>``, the
+  human turn ``### Question:\\n{question + options}``, then every step from
+  ``dreamprm.steps.split_steps`` as a human turn followed by a ``+`` placeholder gpt turn, and
+  ``"true_false"``: whether the candidate's final answer is right.
+* ``--test_out``: one record per question with candidates: ``{"id", "question", "image_path",
+  "candidates", "true_false"}``.
+
+Answer checking (:func:`extract_choice`, :func:`choice_is_correct`, :func:`free_is_correct`)
+--------------------------------------------------------------------------------------------
+The answer text is what follows the last ``Answer:`` (``dreamprm.steps.extract_answer``); without
+one, the last "answer is X" / "final answer: X" phrase, else a trailing ``\\boxed{X}``.
+
+* Multiple choice: a leading option letter, alone or followed by punctuation or text
+  (``(B)``, ``B.``, ``b``, ``B) 42``, ``Option B``, ``\\boxed{B}``), accepted only when it names an
+  existing option; otherwise the answer text is compared with the option texts after
+  normalisation (case, spaces, trailing punctuation): an exact match, else the single option
+  whose text the answer contains. Right iff the letter equals the answer key.
+* Free text: numbers are compared numerically (thousands commas, ``%``, ``$`` and simple fractions ``a/b``
+  understood, ``%`` read as a unit; equal when within 1e-2 relative or 1e-6 absolute tolerance); otherwise
+  case-, space- and trailing-punctuation-insensitive string equality. A list answer key is right
+  when any of its entries matches.
+
+Counts are printed as JSON on stdout; a malformed line stops the run with
+``FILE:LINE: FIELD: problem`` on stderr (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import re
+import string
+import sys
+from collections import Counter
+from pathlib import Path
+
+try:
+    from dreamprm.steps import extract_answer, split_steps
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from dreamprm.steps import extract_answer, split_steps
+
+LETTERS = string.ascii_uppercase
+
+
+class DataError(ValueError):
+    """A malformed input line: ``file:line: field: problem``."""
+
+
+def _err(where: str, field: str, problem: str) -> DataError:
+    return DataError(f"{where}: {field}: {problem}")
+
+
+# ----------------------------------------------------------------------------------------------
+# answer extraction and checking
+# ----------------------------------------------------------------------------------------------
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_PHRASE = re.compile(r"(?:final\s+answer|answer\s+is|answer\s*[:：])\s*[:：]?\s*(.+)", re.IGNORECASE)
+_LEAD_LETTER = re.compile(
+    r"^\s*(?P<pre>(?:option|choice)\s+)?(?P<open>[(\[]?)(?P<letter>[A-Za-z])(?P<close>[)\]]?)(?=$|[\s.,:;)!?])(?P<rest>.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def answer_text(candidate: str) -> str | None:
+    """The candidate's final-answer text (see module docstring), or None."""
+    ans = extract_answer(candidate)
+    if ans is None:
+        hits = list(_PHRASE.finditer(candidate))
+        if hits:
+            ans = hits[-1].group(1).strip().splitlines()[0]
+        else:
+            boxes = _BOXED.findall(candidate)
+            ans = boxes[-1] if boxes else None
+    if ans is None:
+        return None
+    inner = list(_PHRASE.finditer(ans))  # "Answer: the answer is B"
+    if inner:
+        ans = inner[-1].group(1)
+    box = _BOXED.search(ans)
+    if box:
+        ans = box.group(1)
+    ans = ans.strip().strip("*$ ").rstrip(".。").strip()
+    return ans or None
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", str(text)).strip().strip(".。,;:!? ").lower()
+
+
+def normalize_options(options) -> dict[str, str]:
+    """``{"A": text, ...}`` from a list, a dict, or the string form of a list; {} for none."""
+    if options is None or options == "" or options == []:
+        return {}
+    if isinstance(options, str):
+        try:
+            options = ast.literal_eval(options)
+        except (ValueError, SyntaxError):
+            raise ValueError("string is not a list literal") from None
+    if isinstance(options, dict):
+        out = {}
+        for k, v in options.items():
+            if not (isinstance(k, str) and len(k.strip()) == 1 and k.strip().upper() in LETTERS):
+                raise ValueError(f"option key {k!r} is not a letter")
+            out[k.strip().upper()] = str(v)
+        return out
+    if isinstance(options, (list, tuple)):
+        if len(options) > len(LETTERS):
+            raise ValueError("more than 26 options")
+        return {LETTERS[i]: str(v) for i, v in enumerate(options)}
+    raise ValueError(f"expected a list or a dict, got {type(options).__name__}")
+
+
+def extract_choice(candidate: str, options: dict[str, str]) -> str | None:
+    """The option letter a candidate picks, or None (see module docstring)."""
+    ans = answer_text(candidate)
+    if ans is None:
+        return None
+    m = _LEAD_LETTER.match(ans)
+    if m and m.group("letter").upper() in options:
+        letter, rest = m.group("letter").upper(), m.group("rest")
+        marked = bool(m.group("pre") or m.group("open") or m.group("close"))
+        # "B", "(B)", "Option B", "B.", "B) 42", "B: 42" name a letter; "a cat" may be option text
+        if marked or not rest.strip() or rest[:1] in ".,:;)!?" or _norm(rest) == _norm(options[letter]):
+            return letter
+    na = _norm(ans)
+    exact = [k for k, v in options.items() if _norm(v) == na]
+    if len(exact) == 1:
+        return exact[0]
+    contained = [k for k, v in options.items()
+                 if _norm(v) and re.search(r"(?<!\w)" + re.escape(_norm(v)) + r"(?!\w)", na)]
+    if len(contained) == 1:
+        return contained[0]
+    return None
+
+
+def choice_is_correct(candidate: str, options: dict[str, str], key: str) -> bool:
+    return extract_choice(candidate, options) == key
+
+
+_NUM = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?$", re.IGNORECASE)
+
+
+def to_number(text: str) -> float | None:
+    """A float from '1,234.5', '45%', '$3', '3/4', or None."""
+    t = str(text).strip().replace("$", "").replace("\\%", "%").strip()
+    t = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", t)  # thousands separators only: "1,000" but not "1,2"
+    t = t.rstrip("%").strip()
+    if re.fullmatch(r"[-+]?\d+\s*/\s*\d+", t):
+        a, b = (float(x) for x in t.split("/"))
+        return None if b == 0 else a / b
+    if _NUM.match(t):
+        return float(t)  # a trailing % is read as a unit: "45%" == "45"
+    return None
+
+
+def free_is_correct(pred: str | None, gold) -> bool:
+    """Free-text answer check with numeric tolerance (see module docstring)."""
+    if pred is None:
+        return False
+    golds = gold if isinstance(gold, (list, tuple)) else [gold]
+    p_num = to_number(pred)
+    for g in golds:
+        g_num = to_number(str(g))
+        if p_num is not None and g_num is not None:
+            if math.isclose(p_num, g_num, rel_tol=1e-2, abs_tol=1e-6):
+                return True
+        elif _norm(pred) == _norm(str(g)):
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------------------------
+# reading
+# ----------------------------------------------------------------------------------------------
+def _iter(path: Path):
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: <json>: {e.msg}") from None
+        if not isinstance(data, list):
+            raise DataError(f"{path}:1: <json>: expected a list of records")
+        for i, rec in enumerate(data, 1):
+            yield f"{path}:{i}", rec
+        return
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    yield f"{path}:{n}", json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{n}: <json>: {e.msg}") from None
+
+
+def read_questions(paths, image_root: str | None = None) -> dict:
+    out = {}
+    for p in map(Path, paths):
+        for where, rec in _iter(p):
+            if not isinstance(rec, dict):
+                raise _err(where, "<record>", "expected a JSON object")
+            qid = rec.get("id")
+            if qid is None or isinstance(qid, bool) or not isinstance(qid, (str, int)):
+                raise _err(where, "id", "missing or not a string/number")
+            if str(qid) in out:
+                raise _err(where, "id", f"duplicate question id {qid!r}")
+            q = rec.get("question")
+            if not isinstance(q, str) or not q.strip():
+                raise _err(where, "question", "missing or empty")
+            try:
+                options = normalize_options(rec.get("options"))
+            except ValueError as e:
+                raise _err(where, "options", str(e)) from None
+            image = next((rec[k] for k in ("image_path", "image", "image_1") if rec.get(k)), None)
+            if not isinstance(image, str):
+                raise _err(where, "image_path", "missing (image_path, image or image_1 must hold a path)")
+            if image_root:
+                image = str(Path(image_root) / image)
+            answer = rec.get("answer")
+            if options:
+                if not isinstance(answer, str) or not answer.strip():
+                    raise _err(where, "answer", "missing")
+                key = answer.strip().strip("()").upper()
+                if key not in options:
+                    by_text = [k for k, v in options.items() if _norm(v) == _norm(answer)]
+                    if len(by_text) != 1:
+                        raise _err(where, "answer", f"{answer!r} is not one of the option letters {''.join(options)}")
+                    key = by_text[0]
+                answer = key
+            elif isinstance(answer, (int, float)) and not isinstance(answer, bool):
+                answer = str(answer)
+            elif isinstance(answer, str) and answer.strip().startswith("["):
+                try:
+                    answer = [str(a) for a in ast.literal_eval(answer)]
+                except (ValueError, SyntaxError):
+                    pass
+            if not answer or not (isinstance(answer, str) or isinstance(answer, list)):
+                raise _err(where, "answer", "missing")
+            text = q.strip()
+            if options:
+                text += "\n" + "\n".join(f"{k}. {v}" for k, v in options.items())
+            out[str(qid)] = {"id": qid, "question": text, "image_path": image, "options": options,
+                             "answer": answer, "where": where}
+    return out
+
+
+def read_candidates(path, questions: dict) -> dict:
+    cands: dict[str, list[str]] = {}
+    for where, rec in _iter(Path(path)):
+        if not isinstance(rec, dict):
+            raise _err(where, "<record>", "expected a JSON object")
+        field = "id" if "id" in rec else "question_id"
+        qid = rec.get(field)
+        if qid is None or isinstance(qid, bool) or not isinstance(qid, (str, int)):
+            raise _err(where, "id", "missing (id or question_id)")
+        if str(qid) not in questions:
+            raise _err(where, field, f"unknown question id {qid!r}")
+        c = rec.get("candidate")
+        if not isinstance(c, str) or not c.strip():
+            raise _err(where, "candidate", "missing or empty text")
+        if not split_steps(c):
+            raise _err(where, "candidate", "no steps after splitting")
+        cands.setdefault(str(qid), []).append(c)
+    return cands
+
+
+def is_correct(candidate: str, q: dict) -> bool:
+    if q["options"]:
+        return choice_is_correct(candidate, q["options"], q["answer"])
+    return free_is_correct(answer_text(candidate), q["answer"])
+
+
+def build(questions: dict, cands: dict) -> tuple[list[dict], list[dict], dict]:
+    meta, test = [], []
+    counts = Counter(questions=len(questions))
+    for key, q in questions.items():
+        cs = cands.get(key)
+        if not cs:
+            counts["questions_without_candidates"] += 1
+            continue
+        tf = [is_correct(c, q) for c in cs]
+        for k, (c, ok) in enumerate(zip(cs, tf)):
+            conv = [{"from": "human", "value": "### Question:\n" + q["question"]}]
+            for step in split_steps(c):
+                conv += [{"from": "human", "value": step}, {"from": "gpt", "value": "+"}]
+            meta.append({"id": f"{q['id']}#{k}", "image": q["image_path"], "conversations": conv, "true_false": ok})
+            counts["steps"] += len(conv) // 2
+            if (answer_text(c) is None) or (q["options"] and extract_choice(c, q["options"]) is None):
+                counts["candidates_without_answer"] += 1
+        test.append({"id": q["id"], "question": q["question"], "image_path": q["image_path"],
+                     "candidates": cs, "true_false": tf})
+        counts["candidates"] += len(cs)
+        counts["correct_candidates"] += sum(tf)
+        counts["incorrect_candidates"] += len(tf) - sum(tf)
+        counts["multiple_choice_questions" if q["options"] else "open_questions"] += 1
+        counts["questions_all_correct" if all(tf) else "questions_none_correct" if not any(tf) else "questions_mixed"] += 1
+    counts["meta_records"], counts["test_records"] = len(meta), len(test)
+    return meta, test, dict(counts)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="questions + candidates -> DreamPRM meta and test JSON")
+    ap.add_argument("--questions", nargs="+", required=True, help="MMMU/MMMU-Pro style .jsonl/.json files")
+    ap.add_argument("--candidates", required=True, help="JSONL of {id|question_id, candidate}")
+    ap.add_argument("--meta_out", default=None, help="meta-format JSON to write")
+    ap.add_argument("--test_out", default=None, help="test-format JSON to write")
+    ap.add_argument("--image_root", default=None, help="prefix joined to every image path")
+    args = ap.parse_args(argv)
+    if not args.meta_out and not args.test_out:
+        ap.error("give --meta_out and/or --test_out")
+    try:
+        questions = read_questions(args.questions, args.image_root)
+        meta, test, counts = build(questions, read_candidates(args.candidates, questions))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path, data in ((args.meta_out, meta), (args.test_out, test)):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=1))
+    print(json.dumps(counts, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""dreamprm.convert: native -> chat -> native round trip on the tiny InternVL, and chat-layout errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from dreamprm.convert import (
+    KEY_RULES,
+    ConversionError,
+    chat_key_to_native,
+    convert,
+    detect_layout,
+    load_chat_state_dict,
+    main,
+    native_key_to_chat,
+)
+
+pytest.importorskip("transformers")
+from transformers import AutoProcessor, InternVLConfig, InternVLForConditionalGeneration  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def native_dir(tmp_path_factory):
+    """The bundled tiny native model (dreamprm.tiny), else a tiny one built here."""
+    path = tmp_path_factory.mktemp("native") / "tiny"
+    try:
+        from dreamprm.tiny import build_tiny
+    except ImportError:
+        build_tiny = None
+    if build_tiny is not None:
+        build_tiny(path)
+    else:  # pragma: no cover - fallback while tiny.py does not exist
+        pytest.skip("dreamprm.tiny not available")
+    return path
+
+
+@pytest.fixture(scope="module")
+def chat_dir(native_dir, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("chat") / "ckpt"
+    convert(native_dir, dst)  # direction auto-detected: to_chat
+    return dst
+
+
+@pytest.fixture(scope="module")
+def back_dir(chat_dir, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("back") / "ckpt"
+    convert(chat_dir, dst)  # auto: to_hf
+    return dst
+
+
+def _config_dict(cfg):
+    d = cfg.to_dict()
+    for k in ("transformers_version", "_name_or_path", "internvl_chat", "dtype"):
+        d.pop(k, None)
+    return d
+
+
+def test_layout_detection(native_dir, chat_dir, back_dir):
+    assert detect_layout(native_dir) == "native"
+    assert detect_layout(chat_dir) == "chat"
+    assert detect_layout(back_dir) == "native"
+
+
+def test_chat_layout_files(chat_dir):
+    cfg = json.loads((chat_dir / "config.json").read_text())
+    assert cfg["architectures"] == ["InternVLChatModel"]
+    assert cfg["model_type"] == "internvl_chat"
+    assert cfg["llm_config"]["architectures"] == ["Qwen2ForCausalLM"]
+    assert cfg["vision_config"]["qkv_bias"] is True
+    assert cfg["template"] == "internvl2_5" and cfg["ps_version"] == "v2"
+    assert cfg["downsample_ratio"] == 0.5 and cfg["force_image_size"] == 56
+    sd = load_chat_state_dict(chat_dir)
+    assert "vision_model.encoder.layers.0.attn.qkv.weight" in sd
+    assert sd["vision_model.encoder.layers.0.attn.qkv.weight"].shape == (96, 32)
+    assert "mlp1.1.weight" in sd and "language_model.lm_head.weight" in sd
+    assert not any(k.startswith(("model.", "vision_tower", "multi_modal_projector")) for k in sd)
+    tok_cfg = json.loads((chat_dir / "tokenizer_config.json").read_text())
+    vocab = (chat_dir / "tokenizer.json").read_text()
+    assert tok_cfg and all(t in vocab for t in ("<img>", "</img>", "<IMG_CONTEXT>"))
+    assert (chat_dir / "vocab.json").exists() and (chat_dir / "merges.txt").exists()
+
+
+def test_qkv_split_order(native_dir, chat_dir):
+    native = InternVLForConditionalGeneration.from_pretrained(native_dir).state_dict()
+    qkv = load_chat_state_dict(chat_dir)["vision_model.encoder.layers.1.attn.qkv.weight"]
+    q, k, v = qkv.chunk(3)
+    pre = "model.vision_tower.encoder.layer.1.attention."
+    assert torch.equal(q, native[pre + "q_proj.weight"])
+    assert torch.equal(k, native[pre + "k_proj.weight"])
+    assert torch.equal(v, native[pre + "v_proj.weight"])
+
+
+def test_round_trip_tensors_and_config(native_dir, back_dir):
+    a = InternVLForConditionalGeneration.from_pretrained(native_dir)
+    b = InternVLForConditionalGeneration.from_pretrained(back_dir)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype, k
+        assert torch.equal(sa[k], sb[k]), k
+    assert _config_dict(InternVLConfig.from_pretrained(native_dir)) == _config_dict(InternVLConfig.from_pretrained(back_dir))
+
+
+def test_round_trip_logits_and_processor(native_dir, back_dir):
+    from PIL import Image
+
+    procs = [AutoProcessor.from_pretrained(d) for d in (native_dir, back_dir)]
+    models = [InternVLForConditionalGeneration.from_pretrained(d).eval() for d in (native_dir, back_dir)]
+    img = Image.new("RGB", (120, 60), (200, 30, 90))
+    text = "<|im_start|>user\n<IMG_CONTEXT>\nIs this red?<|im_end|>\n<|im_start|>assistant\n"
+    logits = []
+    for proc, model in zip(procs, models):
+        assert type(proc).__name__ == "InternVLProcessor"
+        assert proc.image_processor.crop_to_patches and proc.image_processor.size["height"] == 56
+        inputs = proc(images=[img], text=[text], return_tensors="pt")
+        with torch.no_grad():
+            logits.append(model(**inputs).logits)
+    assert torch.equal(logits[0], logits[1])
+
+
+def test_chat_round_trip_is_stable(chat_dir, back_dir, tmp_path):
+    again = convert(back_dir, tmp_path / "chat2")
+    assert json.loads((again / "config.json").read_text()) == json.loads((chat_dir / "config.json").read_text())
+    a, b = load_chat_state_dict(chat_dir), load_chat_state_dict(again)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dtype_option(chat_dir, tmp_path):
+    out = convert(chat_dir, tmp_path / "bf16", direction="to_hf", dtype="bfloat16")
+    model = InternVLForConditionalGeneration.from_pretrained(out, dtype="auto")
+    assert model.lm_head.weight.dtype == torch.bfloat16
+
+
+def test_key_table_is_bijective():
+    samples = [c.replace("{L}", "3").replace("{P}", "bias").replace("{REST}", "layers.0.mlp.up_proj.weight") for c, _ in KEY_RULES]
+    for key in samples:
+        (native,) = chat_key_to_native(key)
+        assert native_key_to_chat(native) == (key, -1)
+    fused = chat_key_to_native("vision_model.encoder.layers.7.attn.qkv.weight")
+    assert [n.rsplit(".", 2)[-2] for n in fused] == ["q_proj", "k_proj", "v_proj"]
+    assert chat_key_to_native("vision_model.something_else") is None
+
+
+# ---------------------------------------------------------------------------------- errors
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_error_missing_key(chat_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    bad = _copy(chat_dir, tmp_path / "bad")
+    sd = load_file(str(bad / "model.safetensors"))
+    del sd["vision_model.encoder.layers.1.attn.qkv.weight"]
+    save_file(sd, str(bad / "model.safetensors"))
+    with pytest.raises(ConversionError, match=r"missing key 'vision_model.encoder.layers.1.attn.qkv.weight'") as e:
+        convert(bad, tmp_path / "out")
+    assert str(bad) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_error_unknown_key(chat_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    bad = _copy(chat_dir, tmp_path / "bad")
+    sd = load_file(str(bad / "model.safetensors"))
+    sd["vision_model.mystery.weight"] = torch.zeros(2)
+    save_file(sd, str(bad / "model.safetensors"))
+    with pytest.raises(ConversionError, match=r"unrecognised chat-layout weight key 'vision_model.mystery.weight'"):
+        convert(bad, tmp_path / "out")
+
+
+def test_error_shape_mismatch(chat_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    bad = _copy(chat_dir, tmp_path / "bad")
+    sd = load_file(str(bad / "model.safetensors"))
+    sd["mlp1.1.weight"] = torch.zeros(3, 3)
+    save_file(sd, str(bad / "model.safetensors"))
+    with pytest.raises(ConversionError, match=r"key 'mlp1.1.weight' has shape"):
+        convert(bad, tmp_path / "out")
+
+
+def test_error_unknown_layout_and_config_keys(chat_dir, tmp_path):
+    bad = _copy(chat_dir, tmp_path / "bad")
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "architectures": ["Foo"], "model_type": "foo"}))
+    with pytest.raises(ConversionError, match=r"unknown checkpoint layout"):
+        convert(bad, tmp_path / "out")
+    cfg2 = dict(cfg)
+    del cfg2["llm_config"]
+    (bad / "config.json").write_text(json.dumps(cfg2))
+    with pytest.raises(ConversionError, match=r"config.json has no key 'llm_config'"):
+        convert(bad, tmp_path / "out")
+    (bad / "config.json").write_text(json.dumps({**cfg, "ps_version": "v1"}))
+    with pytest.raises(ConversionError, match=r"'ps_version'"):
+        convert(bad, tmp_path / "out")
+    with pytest.raises(ConversionError, match=r"no config.json"):
+        convert(tmp_path, tmp_path / "out2")
+
+
+def test_error_no_weights_and_nonempty_dst(chat_dir, tmp_path):
+    bad = _copy(chat_dir, tmp_path / "bad")
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(ConversionError, match=r"no weights"):
+        convert(bad, tmp_path / "out")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x").write_text("x")
+    with pytest.raises(ConversionError, match=r"not empty"):
+        convert(chat_dir, busy)
+
+
+def test_cli_error_is_one_line(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    assert main([str(tmp_path), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert str(tmp_path) in err and "model_type" in err

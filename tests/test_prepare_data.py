@@ -1,0 +1,235 @@
+"""data/prepare_visualprm.py and data/prepare_meta_test.py on small files in the published schemas."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, DATA / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+pv = _load("prepare_visualprm")
+pm = _load("prepare_meta_test")
+
+
+# ------------------------------------------------------------------------------ VisualPRM400K
+def _vprm(i, scores, **extra):
+    """A VisualPRM400K-v1.1-Raw record: image, question, answer, response, steps_with_score."""
+    return {"image": f"Geo/{i}.png", "question": f"<image>\nWhat is x{i}?", "answer": "3",
+            "response": " ".join(f"s{j}" for j in range(len(scores))), "num_mc_sequences": 16,
+            "steps_with_score": [{"step": f"step {j} of {i}", "score": s} for j, s in enumerate(scores)], **extra}
+
+
+@pytest.fixture
+def vprm_dir(tmp_path):
+    d = tmp_path / "annotations"
+    d.mkdir()
+    # 12 positive (all > 0) and 8 negative (some step 0) instances in "geo"; 6 + 4 in "chart"
+    geo = [_vprm(i, [0.5, 0.25]) for i in range(12)] + [_vprm(100 + i, [0.5, 0.0, 0.0]) for i in range(8)]
+    chart = [_vprm(200 + i, [1.0]) for i in range(6)] + [_vprm(300 + i, [0.0], data_source="ChartQA") for i in range(4)]
+    (d / "geo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in geo))
+    (d / "chart.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chart))
+    return d
+
+
+def test_visualprm_labels_and_format(tmp_path):
+    f = tmp_path / "a.jsonl"
+    f.write_text(json.dumps(_vprm(1, [0.75, 0.0625, 0.0])) + "\n")
+    rec = pv.convert_record(json.loads(f.read_text()), f"{f}:1", "a")
+    assert rec["id"] == "a:1" and rec["image"] == "Geo/1.png" and rec["dataset"] == "a"
+    conv = rec["conversations"]
+    assert conv[0] == {"from": "human", "value": "### Question:\nWhat is x1?"}
+    assert [t["value"] for t in conv[1::2]] == ["step 0 of 1", "step 1 of 1", "step 2 of 1"]
+    assert [t["value"] for t in conv[2::2]] == ["+", "+", "-"]  # mc > 0
+    assert all(t["from"] == "human" for t in conv[1::2]) and all(t["from"] == "gpt" for t in conv[2::2])
+    strict = pv.convert_record(json.loads(f.read_text()), f"{f}:1", "a", mc_threshold=0.1)
+    assert [t["value"] for t in strict["conversations"][2::2]] == ["+", "-", "-"]
+    # score from num_mc_correct / num_mc_total when absent
+    r = _vprm(2, [0.0])
+    r["steps_with_score"] = [{"step": "x", "num_mc_correct": 1, "num_mc_total": 16}]
+    assert pv.convert_record(r, "f:1", "f")["conversations"][2]["value"] == "+"
+
+
+def test_visualprm_balance_counts_and_datasets(vprm_dir, tmp_path):
+    out = tmp_path / "train.json"
+    assert pv.main([str(vprm_dir), "--output", str(out), "--num_samples", "10", "--seed", "1"]) == 0
+    recs = json.loads(out.read_text())
+    pos = [r for r in recs if pv.is_positive(r)]
+    assert len(recs) == 10 and len(pos) == 5
+    # all data, balanced: 12 negatives in total (8 geo + 4 chart) vs 18 positives -> 12 + 12
+    recs, counts = pv.prepare([vprm_dir], None, seed=0)
+    assert counts["records_read"] == 30 and counts["instances"] == 24
+    assert counts["positive_instances"] == counts["negative_instances"] == 12
+    assert counts["per_dataset"]["ChartQA"]["negative_instances"] == 4  # data_source field wins
+    assert counts["per_dataset"]["geo"]["negative_instances"] == 8
+    assert counts["steps"] == counts["positive_steps"] + counts["negative_steps"]
+    assert sum(d["instances"] for d in counts["per_dataset"].values()) == 24
+    _, c2 = pv.prepare([vprm_dir], None, seed=0, balance=False)
+    assert c2["instances"] == 30
+
+
+def test_visualprm_deterministic_sampling(vprm_dir):
+    ids = lambda seed: [r["id"] for r in pv.prepare([vprm_dir], 8, seed=seed)[0]]  # noqa: E731
+    assert ids(3) == ids(3)
+    assert ids(3) != ids(4)
+    assert len(set(ids(3))) == 8
+
+
+def test_visualprm_presets_and_shortfall(vprm_dir, tmp_path, capsys):
+    out = tmp_path / "t.json"
+    assert pv.main([str(vprm_dir / "geo.jsonl"), "-o", str(out), "--preset", "table"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["instances"] == 16 and counts["shortfall"] == 12_000 - 16
+    assert pv.PRESETS == {"table": 12_000, "net": 100_000, "coldstart": 20_000}
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda r: r.pop("question"), "question"),
+    (lambda r: r.pop("image"), "image"),
+    (lambda r: r.pop("steps_with_score"), "steps_with_score"),
+    (lambda r: r.update(steps_with_score=[]), "steps_with_score"),
+    (lambda r: r["steps_with_score"][1].update(score="high"), "steps_with_score[1].score"),
+    (lambda r: r["steps_with_score"][0].pop("step"), "steps_with_score[0].step"),
+])
+def test_visualprm_malformed(tmp_path, capsys, mutate, field):
+    good, bad = _vprm(1, [0.5, 0.5]), _vprm(2, [0.5, 0.5])
+    mutate(bad)
+    f = tmp_path / "in.jsonl"
+    f.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    assert pv.main([str(f), "-o", str(tmp_path / "o.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {f}:2: {field}:") and err.count("\n") == 1
+
+
+def test_visualprm_bad_json_and_duplicates(tmp_path):
+    f = tmp_path / "in.jsonl"
+    f.write_text(json.dumps(_vprm(1, [0.5])) + "\n{not json\n")
+    with pytest.raises(pv.DataError, match=rf"{f}:2: <json>"):
+        pv.prepare([f])
+    f.write_text(json.dumps(_vprm(1, [0.5], id="x")) + "\n" + json.dumps(_vprm(2, [0.5], id="x")) + "\n")
+    with pytest.raises(pv.DataError, match=rf"{f}:2: id: duplicate"):
+        pv.prepare([f])
+    f.write_text(json.dumps({"image": "a.png", "conversations": []}) + "\n")
+    with pytest.raises(pv.DataError, match=r"steps_with_score: missing \(a conversation-form"):
+        pv.prepare([f])
+
+
+# ------------------------------------------------------------------------------ meta / test
+QUESTIONS = [
+    {"id": "validation_Art_1", "question": "<image 1> Which color?", "options": "['red', 'blue', 'green']",
+     "answer": "B", "image_1": "imgs/1.png"},
+    {"id": 2, "question": "How many apples?", "options": [], "answer": "12", "image_path": "imgs/2.png"},
+    {"id": "q3", "question": "Pick one", "options": {"A": "a cat", "B": "a dog"}, "answer": "A", "image": "imgs/3.png"},
+    {"id": "q4", "question": "Capital?", "answer": "['Paris', 'paris, france']", "image": "imgs/4.png"},
+    {"id": "q5", "question": "Unused", "options": ["x", "y"], "answer": "A", "image": "imgs/5.png"},
+]
+CANDIDATES = [
+    ("validation_Art_1", "[Reasoning] Step 1: The sky part is blue.\nStep 2: So blue.\nAnswer: (B)"),
+    ("validation_Art_1", "It looks red to me, so the answer is a."),
+    ("validation_Art_1", "Answer: blue"),
+    ("validation_Art_1", "Answer: B) blue"),
+    (2, "[Reasoning] 1. Count rows: 3\n2. 4 per row\nAnswer: 12.0"),
+    (2, "Answer: 1,2"),
+    ("q3", "Answer: A cat"),
+    ("q3", "Answer: \\boxed{b}"),
+    ("q4", "Answer: PARIS."),
+]
+
+
+@pytest.fixture
+def qc(tmp_path):
+    q = tmp_path / "questions.jsonl"
+    q.write_text("".join(json.dumps(r) + "\n" for r in QUESTIONS))
+    c = tmp_path / "cands.jsonl"
+    c.write_text("".join(json.dumps({("id" if i % 2 else "question_id"): qid, "candidate": t}) + "\n"
+                         for i, (qid, t) in enumerate(CANDIDATES)))
+    return q, c
+
+
+def test_meta_and_test_outputs(qc, tmp_path, capsys):
+    q, c = qc
+    meta_p, test_p = tmp_path / "meta.json", tmp_path / "test.json"
+    assert pm.main(["--questions", str(q), "--candidates", str(c), "--meta_out", str(meta_p), "--test_out", str(test_p)]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    meta, test = json.loads(meta_p.read_text()), json.loads(test_p.read_text())
+    assert counts["questions"] == 5 and counts["questions_without_candidates"] == 1
+    assert counts["candidates"] == len(meta) == 9 and counts["test_records"] == len(test) == 4
+    t0 = test[0]
+    assert t0["id"] == "validation_Art_1" and t0["image_path"] == "imgs/1.png"
+    assert t0["question"] == "<image 1> Which color?\nA. red\nB. blue\nC. green"
+    assert t0["true_false"] == [True, False, True, True]
+    assert test[1]["true_false"] == [True, False] and test[1]["id"] == 2
+    assert test[2]["true_false"] == [True, False]
+    assert test[3]["true_false"] == [True]
+    assert counts["correct_candidates"] == 6 and counts["incorrect_candidates"] == 3
+    m0 = meta[0]
+    assert m0["id"] == "validation_Art_1#0" and m0["image"] == "imgs/1.png" and m0["true_false"] is True
+    conv = m0["conversations"]
+    assert conv[0] == {"from": "human", "value": "### Question:\n" + t0["question"]}
+    assert [t["value"] for t in conv[1::2]] == ["The sky part is blue.", "So blue.", "Answer: (B)"]
+    assert [t["value"] for t in conv[2::2]] == ["+", "+", "+"]
+    from dreamprm.steps import split_steps
+
+    for m, (qid, text) in zip(meta, CANDIDATES):
+        assert [t["value"] for t in m["conversations"][1::2]] == split_steps(text)
+
+
+@pytest.mark.parametrize("text, letter", [
+    ("Answer: (B)", "B"), ("so the answer is b.", "B"), ("Answer: B) 42", "B"), ("Answer: 42", "B"),
+    ("Answer: a cat", "C"), ("Answer: Option c", "C"), ("Answer: \\boxed{D}", "D"), ("Answer: [A]", "A"),
+    ("Answer: The answer is B", "B"), ("Final answer: d", "D"), ("Answer: E", None), ("nothing", None),
+    ("Answer: 41 or 42", None),
+])
+def test_extract_choice(text, letter):
+    options = pm.normalize_options(["41", "42", "a cat", "none of these"])
+    assert pm.extract_choice(text, options) == letter
+
+
+@pytest.mark.parametrize("pred, gold, ok", [
+    ("1,000.0", "1000", True), ("3/4", "0.75", True), ("0.333", "1/3", True), (" Paris. ", "paris", True),
+    ("3.14", "3.2", False), ("45%", "45", True), ("7", ["6", "7.0"], True), ("New  York", "new york", True),
+    ("12", "12 apples", False), (None, "1", False),
+])
+def test_free_answers(pred, gold, ok):
+    assert pm.free_is_correct(pred, gold) is ok
+
+
+def test_normalize_options_forms():
+    assert pm.normalize_options("['x', 'y']") == {"A": "x", "B": "y"}
+    assert pm.normalize_options({"a": 1, "B": 2}) == {"A": "1", "B": "2"}
+    assert pm.normalize_options(None) == {} and pm.normalize_options("[]") == {}
+    with pytest.raises(ValueError):
+        pm.normalize_options({"AB": "x"})
+
+
+@pytest.mark.parametrize("which, line, field", [
+    ("q", '{"id": "z", "options": ["a"], "answer": "A", "image": "i.png"}', "question"),
+    ("q", '{"id": "z", "question": "?", "options": ["a", "b"], "answer": "C", "image": "i.png"}', "answer"),
+    ("q", '{"id": "z", "question": "?", "options": 5, "answer": "A", "image": "i.png"}', "options"),
+    ("q", '{"id": "z", "question": "?", "answer": "1"}', "image_path"),
+    ("q", '{"question": "?", "answer": "1", "image": "i.png"}', "id"),
+    ("q", "{oops", "<json>"),
+    ("c", '{"id": "nope", "candidate": "Answer: A"}', "id"),
+    ("c", '{"question_id": "nope", "candidate": "Answer: A"}', "question_id"),
+    ("c", '{"id": "q3", "candidate": ""}', "candidate"),
+    ("c", '{"candidate": "Answer: A"}', "id"),
+])
+def test_meta_malformed(qc, tmp_path, capsys, which, line, field):
+    q, c = qc
+    target = q if which == "q" else c
+    n = len(target.read_text().splitlines()) + 1
+    target.write_text(target.read_text() + line + "\n")
+    assert pm.main(["--questions", str(q), "--candidates", str(c), "--test_out", str(tmp_path / "t.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {target}:{n}: {field}:"), err
+    assert err.count("\n") == 1
