@@ -1,0 +1,515 @@
+"""Best-of-N evaluation: score every candidate's steps, aggregate, select, report (DESIGN §1 step 3).
+
+Scoring (``Scorer``) is efficient by construction:
+
+* a question's image is tiled and run through the vision tower **once**
+  (``ProcessRewardModel.image_features``); every candidate of that question reuses the features;
+* the token prefix all candidates of a question share (system prompt, image, question turn) is
+  run through the language model once and its key/value cache is reused by every candidate
+  (``prefix_cache=True``, the default; ``False`` runs each candidate's full sequence);
+* candidates go through the language model in batches of ``batch_size`` (sorted by length to
+  keep padding small; right padding + attention mask);
+* the LM head runs at the label positions only (``ProcessRewardModel.label_outputs``), with the
+  full-vocabulary softmax the method defines.
+
+The scores equal the naive path (one ``ProcessRewardModel.forward`` per candidate with its own
+``pixel_values``) to float tolerance; ``tests/test_bestofn.py`` checks this.
+
+Aggregation of a candidate's step scores p₁…pₙ (``AGGREGATIONS``):
+
+* ``mean``: Σp/n;  ``log_mean``: Σlog p/n;  ``max``/``min``: max/min p;
+* ``log_odds`` (DreamPRM): Σ log(p/(1−p)).
+* For ``log_mean`` and ``log_odds`` p is clamped to [1e-6, 1 − 1e-6] first (``EPS``).
+* A candidate with no step (empty text) aggregates to −inf, so it is never selected unless
+  every candidate is empty; it is written as ``null`` in the JSON.
+
+Selection: the candidate with the highest aggregate; **ties go to the first candidate** (lowest
+index); NaN counts as −inf.
+
+Baselines, on the same questions:
+
+* ``pass@1``: the first candidate is correct;
+* ``random``: the expected accuracy of a uniformly random pick = fraction of correct candidates;
+* ``oracle``: at least one candidate is correct;
+* ``self_consistency``: majority vote over ``extract_answer`` texts normalised by case-folding
+  and collapsing whitespace. Candidates without an answer do not vote. A tie in votes goes to
+  the answer whose first occurrence (lowest candidate index) is earliest; the selected
+  candidate is the first one carrying the winning answer. When no candidate has an answer the
+  first candidate is selected (= pass@1 for that question).
+
+Accuracy vs N: for each N = 1 … max candidates, each question keeps a uniformly random subset of
+min(N, its candidate count) candidates (in their original order, so ties still go to the
+earliest); accuracies are averaged over ``draws`` subsets drawn with ``random.Random(seed)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+EPS = 1e-6
+AGGREGATION_NAMES = ("mean", "log_mean", "max", "min", "log_odds")
+BASELINE_NAMES = ("pass@1", "random", "oracle", "self_consistency")
+
+
+# -- aggregation ------------------------------------------------------------------------------
+def _clamp(p: float) -> float:
+    return min(max(float(p), EPS), 1.0 - EPS)
+
+
+def agg_mean(ps: Sequence[float]) -> float:
+    return sum(ps) / len(ps) if ps else -math.inf
+
+
+def agg_log_mean(ps: Sequence[float]) -> float:
+    return sum(math.log(_clamp(p)) for p in ps) / len(ps) if ps else -math.inf
+
+
+def agg_max(ps: Sequence[float]) -> float:
+    return float(max(ps)) if ps else -math.inf
+
+
+def agg_min(ps: Sequence[float]) -> float:
+    return float(min(ps)) if ps else -math.inf
+
+
+def agg_log_odds(ps: Sequence[float]) -> float:
+    if not ps:
+        return -math.inf
+    return sum(math.log(_clamp(p) / (1.0 - _clamp(p))) for p in ps)
+
+
+AGGREGATIONS: dict[str, Callable[[Sequence[float]], float]] = {
+    "mean": agg_mean,
+    "log_mean": agg_log_mean,
+    "max": agg_max,
+    "min": agg_min,
+    "log_odds": agg_log_odds,
+}
+
+
+def aggregate(step_scores: Sequence[Sequence[float]], name: str) -> list[float]:
+    """One aggregate per candidate."""
+    fn = AGGREGATIONS[name]
+    return [fn(list(ps)) for ps in step_scores]
+
+
+def select(scores: Sequence[float]) -> int:
+    """Index of the highest score; ties go to the FIRST candidate; NaN counts as -inf."""
+    if not scores:
+        raise ValueError("select() needs at least one candidate")
+    vals = [-math.inf if s is None or math.isnan(s) else s for s in scores]
+    best = 0
+    for i in range(1, len(vals)):
+        if vals[i] > vals[best]:  # strictly greater: a tie keeps the earlier candidate
+            best = i
+    return best
+
+
+# -- baselines ----------------------------------------------------------------------------------
+def pass_at_1(true_false: Sequence[bool]) -> float:
+    return float(bool(true_false[0]))
+
+
+def random_pick(true_false: Sequence[bool]) -> float:
+    return sum(bool(x) for x in true_false) / len(true_false)
+
+
+def oracle(true_false: Sequence[bool]) -> float:
+    return float(any(true_false))
+
+
+def normalise_answer(answer: str) -> str:
+    return " ".join(answer.split()).casefold()
+
+
+def majority_index(answers: Sequence[str | None]) -> int:
+    """Self-consistency selection over already extracted answers (None = no vote).
+
+    The most frequent normalised answer wins; a tie goes to the answer that occurs first;
+    the first candidate carrying it is returned; 0 when nobody votes.
+    """
+    norm = [normalise_answer(a) if a is not None and normalise_answer(a) else None for a in answers]
+    votes = Counter(a for a in norm if a is not None)
+    if not votes:
+        return 0
+    first = {}
+    for i, a in enumerate(norm):
+        if a is not None and a not in first:
+            first[a] = i
+    winner = max(votes, key=lambda a: (votes[a], -first[a]))
+    return first[winner]
+
+
+def self_consistency_index(candidates: Sequence[str]) -> int:
+    from .steps import extract_answer
+
+    return majority_index([extract_answer(c) for c in candidates])
+
+
+# -- scoring --------------------------------------------------------------------------------
+class Scorer:
+    """Step scores p(+) for the candidates of a question, with the image encoded once."""
+
+    def __init__(self, prm, max_patch_num: int = 12, batch_size: int = 8, prefix_cache: bool = True):
+        from .examples import ExampleBuilder
+
+        self.prm = prm.eval()
+        self.builder = ExampleBuilder(prm.processor, max_patch_num)
+        self.batch_size = max(1, int(batch_size))
+        self.prefix_cache = bool(prefix_cache)
+        tok = prm.processor.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    @property
+    def device(self):
+        return self.prm.device
+
+    def _pixel_values(self, image):
+        from PIL import Image
+
+        from .examples import load_rgb
+
+        if image is None:
+            return None
+        if isinstance(image, (str, os.PathLike)):
+            image = load_rgb(image)
+        elif isinstance(image, Image.Image):
+            image = image.convert("RGB")
+        return self.builder.pixel_values(image)
+
+    def score_steps(self, image, question: str, steps: Sequence[str]) -> list[float]:
+        """p(+) of every step of one candidate already split into ``steps``."""
+        return self.score_step_lists(image, question, [list(steps)])[0]
+
+    def score_candidates(self, image, question: str, candidates: Sequence[str]) -> list[list[float]]:
+        """Split every candidate into steps (``steps.split_steps``) and score them all."""
+        from .steps import split_steps
+
+        return self.score_step_lists(image, question, [split_steps(c) for c in candidates])
+
+    def score_step_lists(self, image, question: str, step_lists: Sequence[Sequence[str]]) -> list[list[float]]:
+        """The core: ``image`` is a PIL image, a path, or None (text only)."""
+        import torch
+
+        from .prompt import candidate_conversation
+
+        out: list[list[float]] = [[] for _ in step_lists]
+        todo = [i for i, s in enumerate(step_lists) if len(s) > 0]
+        if not todo:
+            return out
+        pv = self._pixel_values(image)
+        items = {}
+        for i in todo:
+            item = self.builder.build(candidate_conversation(question, list(step_lists[i])), pixel_values=pv)
+            item["pixel_values"] = None  # the features are shared; never concatenate the tiles
+            items[i] = item
+        with torch.inference_mode():
+            feats = self.prm.image_features(pv.to(self.device)) if pv is not None else None
+            prefix = None
+            if self.prefix_cache:
+                first_label = min(int(items[i]["label_positions"].min()) for i in todo)
+                prefix = self._encode_prefix([items[i]["input_ids"] for i in todo], feats, first_label)
+            order = sorted(todo, key=lambda i: len(items[i]["input_ids"]))
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                probs = self._score_batch([items[i] for i in chunk], feats, prefix)
+                for i, p in zip(chunk, probs):
+                    out[i] = p
+        return out
+
+    def _encode_prefix(self, id_lists, feats, first_label: int):
+        """Run the token prefix shared by all candidates once; return (length, cache) or None.
+
+        The prefix stops before the first label position, so every position whose hidden
+        state is read is computed in the (batched) suffix pass."""
+        import torch
+
+        first = id_lists[0]
+        n = len(first)
+        for ids in id_lists[1:]:
+            m = min(n, len(ids))
+            diff = (first[:m] != ids[:m]).nonzero()
+            n = int(diff[0]) if len(diff) else m
+        n = min(n, first_label)
+        if n <= 0:
+            return None
+        ids = first[:n].unsqueeze(0).to(self.device)
+        n_img = int((ids == self.prm.image_token_id).sum())
+        if feats is not None and n_img != feats.shape[0]:
+            return None  # the image is not wholly inside the shared prefix: no prefix reuse
+        embeds = self.prm.embed(ids, feats)
+        lm = self.prm.model.model.language_model
+        out = lm(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), use_cache=True)
+        return n, out.past_key_values
+
+    def _score_batch(self, items, feats, prefix) -> list[list[float]]:
+        import torch
+
+        from .examples import collate
+
+        batch = collate(items, self.pad_id)
+        ids = batch.input_ids.to(self.device)
+        mask = batch.attention_mask.to(self.device)
+        bsz = ids.shape[0]
+        label_batch = batch.label_batch.to(self.device)
+        label_pos = batch.label_pos.to(self.device)
+        if prefix is None:
+            f = feats.repeat(bsz, 1) if feats is not None else None
+            hidden = self.prm.hidden_states(ids, mask, image_features=f)
+        else:
+            n, cache = prefix
+            if int(label_pos.min()) < n:
+                raise AssertionError("a label position falls inside the shared prefix")
+            cache = copy.deepcopy(cache)
+            if bsz > 1:
+                cache.batch_repeat_interleave(bsz)
+            suffix = ids[:, n:]
+            embeds = self.prm.embed(suffix, None)
+            length = suffix.shape[1]
+            positions = torch.arange(n, n + length, device=self.device).unsqueeze(0).expand(bsz, -1)
+            lm = self.prm.model.model.language_model
+            hidden = lm(
+                inputs_embeds=embeds,
+                attention_mask=mask,  # full length: prefix (all ones) + suffix
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
+            label_pos = label_pos - n
+        steps = self.prm.label_outputs(hidden[label_batch, label_pos], label_batch)
+        p = steps.log_p_plus.exp().float().cpu()
+        lb = label_batch.cpu()
+        return [p[lb == b].tolist() for b in range(bsz)]
+
+
+def load_scorer(
+    name_or_path,
+    device: str = "cpu",
+    precision: str = "fp32",
+    max_patch_num: int = 12,
+    batch_size: int = 8,
+    prefix_cache: bool = True,
+) -> Scorer:
+    """Load a PRM (a folder, ``tiny`` or a hub id) and wrap it in a ``Scorer``."""
+    from .prm import ProcessRewardModel
+
+    prm = ProcessRewardModel.from_pretrained(name_or_path, device=device, precision=precision)
+    return Scorer(prm, max_patch_num=max_patch_num, batch_size=batch_size, prefix_cache=prefix_cache)
+
+
+# -- evaluation and report ----------------------------------------------------------------------
+def _json_float(x: float):
+    return x if math.isfinite(x) else None
+
+
+def question_result(qid, true_false: Sequence[bool], step_scores: Sequence[Sequence[float]]) -> dict:
+    scores = {name: aggregate(step_scores, name) for name in AGGREGATION_NAMES}
+    return {
+        "id": qid,
+        "true_false": [bool(x) for x in true_false],
+        "step_scores": [[float(p) for p in ps] for ps in step_scores],
+        "scores": scores,
+        "selected": {name: select(scores[name]) for name in AGGREGATION_NAMES},
+    }
+
+
+def summarise(questions: Sequence[dict], candidates: Sequence[Sequence[str]]) -> dict:
+    """The summary block: accuracies of every aggregation and the baselines, as fractions."""
+    n = len(questions)
+    if n == 0:
+        raise ValueError("no questions to summarise")
+    acc = {
+        name: sum(q["true_false"][q["selected"][name]] for q in questions) / n for name in AGGREGATION_NAMES
+    }
+    sc = sum(q["true_false"][self_consistency_index(c)] for q, c in zip(questions, candidates)) / n
+    return {
+        "n_questions": n,
+        "accuracy": acc,
+        "pass@1": sum(pass_at_1(q["true_false"]) for q in questions) / n,
+        "random": sum(random_pick(q["true_false"]) for q in questions) / n,
+        "oracle": sum(oracle(q["true_false"]) for q in questions) / n,
+        "self_consistency": sc,
+    }
+
+
+def build_report(questions: Sequence[dict], candidates: Sequence[Sequence[str]]) -> dict:
+    """``{"summary": ..., "questions": ...}`` with non-finite aggregates written as None."""
+    out_q = []
+    for q in questions:
+        q = dict(q)
+        q["scores"] = {k: [_json_float(v) for v in vals] for k, vals in q["scores"].items()}
+        out_q.append(q)
+    return {"summary": summarise(questions, candidates), "questions": out_q}
+
+
+def accuracy_vs_n(
+    questions: Sequence[dict],
+    candidates: Sequence[Sequence[str]],
+    draws: int = 20,
+    seed: int = 0,
+) -> dict:
+    """Accuracy of every aggregation and of random/oracle/self-consistency vs the number N of
+    candidates, each question keeping a random subset of min(N, its count), averaged over draws."""
+    from .steps import extract_answer
+
+    answers = [[extract_answer(c) for c in cands] for cands in candidates]
+    max_n = max(len(q["true_false"]) for q in questions)
+    names = list(AGGREGATION_NAMES) + ["random", "oracle", "self_consistency"]
+    curve = {"n": list(range(1, max_n + 1)), "draws": draws, "seed": seed}
+    curve.update({k: [] for k in names})
+    rng = random.Random(seed)
+    for n in range(1, max_n + 1):
+        totals = dict.fromkeys(names, 0.0)
+        for _ in range(draws):
+            for q, ans in zip(questions, answers):
+                k = len(q["true_false"])
+                idx = sorted(rng.sample(range(k), min(n, k)))
+                tf = [q["true_false"][i] for i in idx]
+                for name in AGGREGATION_NAMES:
+                    totals[name] += tf[select([q["scores"][name][i] for i in idx])]
+                totals["random"] += random_pick(tf)
+                totals["oracle"] += oracle(tf)
+                totals["self_consistency"] += tf[majority_index([ans[i] for i in idx])]
+        denom = draws * len(questions)
+        for name in names:
+            curve[name].append(totals[name] / denom)
+    return curve
+
+
+def plot_curve(curve: dict, path, aggregations: Sequence[str] = AGGREGATION_NAMES) -> Path:
+    """Accuracy vs N figure (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    xs = curve["n"]
+    for name in aggregations:
+        ax.plot(xs, [100 * v for v in curve[name]], marker="o", label=f"PRM {name}")
+    styles = {"random": (":", "gray"), "oracle": ("--", "black"), "self_consistency": ("-.", "tab:brown")}
+    for name, (style, color) in styles.items():
+        ax.plot(xs, [100 * v for v in curve[name]], linestyle=style, color=color, label=name.replace("_", "-"))
+    ax.set_xlabel("N (candidates per question)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"Best-of-N accuracy ({curve['draws']} random subsets per N)")
+    ax.set_xticks(xs)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def evaluate(
+    scorer: Scorer,
+    records: Sequence[dict],
+    json_path,
+    progress: bool = True,
+) -> tuple[list[dict], list[list[str]]]:
+    """Score every record's candidates; return the per-question results and the candidates."""
+    from tqdm import tqdm
+
+    from .data import resolve_image
+    from .examples import load_rgb
+
+    questions, candidates = [], []
+    for index, rec in enumerate(tqdm(records, desc="best-of-N", unit="question", disable=not progress)):
+        image = load_rgb(resolve_image(rec["image_path"], json_path))
+        step_scores = scorer.score_candidates(image, rec["question"], rec["candidates"])
+        questions.append(question_result(rec.get("id", index), rec["true_false"], step_scores))
+        candidates.append(list(rec["candidates"]))
+    return questions, candidates
+
+
+def format_table(summary: dict, aggregations: Sequence[str] = AGGREGATION_NAMES) -> str:
+    rows = [(f"PRM {name}", summary["accuracy"][name]) for name in aggregations]
+    rows += [(name, summary[name]) for name in BASELINE_NAMES]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'method':<{width}}  accuracy", f"{'-' * width}  --------"]
+    lines += [f"{name:<{width}}  {100 * v:7.2f}%" for name, v in rows]
+    lines.append(f"{'questions':<{width}}  {summary['n_questions']:8d}")
+    return "\n".join(lines)
+
+
+def data_error_lines(message: str) -> list[str]:
+    """A DataError message as ``error: <file>: record i (id ..): <problem>`` lines."""
+    lines = [l for l in str(message).splitlines() if l.strip()]
+    if len(lines) > 1 and "bad records" in lines[0]:
+        out = [f"error: {l}" for l in lines[1:]]
+        out[-1] += " (use --skip_bad_records to drop bad records)"
+        return out
+    return [f"error: {l}" for l in lines]
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run(args) -> int:
+    """The ``test.py`` command: returns the exit code (2 for bad input)."""
+    import json
+
+    from .data import DataError, load_records
+
+    try:
+        records, report = load_records(args.test_json_file, "test", skip_bad=args.skip_bad_records)
+    except DataError as exc:
+        for line in data_error_lines(str(exc)):
+            print(line, file=sys.stderr)
+        return 2
+    if report.skipped:
+        for line in report.problems:
+            print(f"warning: skipped {line}", file=sys.stderr)
+        print(f"skipped {report.skipped} bad records; evaluating {len(records)}", file=sys.stderr)
+
+    model = str(args.reward_model)
+    looks_local = model.startswith((".", "/", "~")) or Path(model).expanduser().exists()
+    if model != "tiny" and looks_local and not (Path(model).expanduser() / "config.json").exists():
+        print(f"error: reward model folder not found or without config.json: {model} "
+              "(pass --reward_model a trained folder, a hub id, or 'tiny')", file=sys.stderr)
+        return 2
+
+    device = args.device or _default_device()
+    precision = args.precision or ("bf16" if str(device).startswith("cuda") else "fp32")
+    try:
+        scorer = load_scorer(model, device=device, precision=precision, max_patch_num=args.max_patch_num,
+                             batch_size=args.batch_size)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: cannot load reward model {model!r}: {first}", file=sys.stderr)
+        return 2
+    questions, candidates = evaluate(scorer, records, args.test_json_file)
+    result = build_report(questions, candidates)
+
+    out = Path(args.output_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    chosen = list(AGGREGATION_NAMES) if args.aggregation_function == "all" else [args.aggregation_function]
+    curve = accuracy_vs_n(questions, candidates)
+    figs = Path(args.figs_dir)
+    fig = plot_curve(curve, figs / "bestofn_accuracy_vs_n.png", chosen)
+    with open(figs / "bestofn_accuracy_vs_n.json", "w", encoding="utf-8") as f:
+        json.dump(curve, f, indent=1)
+
+    print(f"{report.summary()}; reward model {model} on {device} ({precision})")
+    print(format_table(result["summary"], chosen))
+    print(f"results: {out}")
+    print(f"figure:  {fig} (curve data: {figs / 'bestofn_accuracy_vs_n.json'})")
+    if report.skipped:
+        print(f"skipped {report.skipped} bad records")
+    return 0

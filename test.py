@@ -1,0 +1,25 @@
+"""Best-of-N evaluation of a PRM (DESIGN §1 step 3): ``python test.py --reward_model ./weights``.
+
+A thin CLI: the flags live in ``arguments.test_parser``, the work in ``dreamprm.bestofn.run``.
+Exit code 0 on success, 2 on bad input (an invalid test record, a missing model folder).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from arguments import test_parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = test_parser().parse_args(argv)
+    if args.batch_size < 1 or args.max_patch_num < 1:
+        print("error: --batch_size and --max_patch_num must be at least 1", file=sys.stderr)
+        return 2
+    from dreamprm.bestofn import run
+
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
