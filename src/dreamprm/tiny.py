@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 TINY_NAME = "tiny"
-TINY_VERSION = "v1"
+TINY_VERSION = "v2"
 
 # Tile side and patch size of the tiny vision tower: (56 / 14)^2 * 0.5^2 = 4 tokens per tile.
 TINY_TILE = 56
@@ -43,38 +43,46 @@ def default_tiny_dir() -> Path:
     return Path.home() / ".cache" / "dreamprm" / f"tiny-internvl-{TINY_VERSION}"
 
 
-def _byte_alphabet() -> list[str]:
-    """The 256 printable characters a byte-level BPE uses to stand for raw bytes (GPT-2 scheme)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
+# The tokenizer learns its merges from this fixed text, so the PRM system prompt and the
+# usual chat scaffolding take ~200 tokens instead of ~1,000 raw bytes (faster tests, demo).
+_MERGE_CORPUS = (
+    "<|im_start|>system\n",
+    "<|im_start|>user\n### Question:\nWhat is the colour of the shape in the image?",
+    "<|im_start|>assistant\n",
+    "Step 1: Let me look at the image. The answer is red, blue, green or yellow. Therefore, so the",
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 def build_tiny_tokenizer():
-    """A byte-level tokenizer with Qwen2-style pre-tokenisation and the InternVL special tokens."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    """A small byte-level BPE with Qwen2-style pre-tokenisation and the InternVL special tokens.
+
+    Every byte is in the base alphabet, so any text encodes; ``+`` and ``-`` are single tokens.
+    BPE training on a fixed corpus is deterministic.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {ch: i for i, ch in enumerate(_byte_alphabet())}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    qwen_split = (
-        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-        r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-    )
+    from .prompt import SYSTEM_PROMPT
+
+    tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(qwen_split), behavior="isolated"),
+            pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
     tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=700,
+        initial_alphabet=sorted(pre_tokenizers.ByteLevel.alphabet()),
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+    )
+    tok.train_from_iterator([SYSTEM_PROMPT, *_MERGE_CORPUS], trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -86,7 +94,6 @@ def build_tiny_tokenizer():
             "video_token": "<video>",
         },
     )
-    fast.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS}, replace_extra_special_tokens=False)
     fast.model_max_length = 32768
     return fast
 
