@@ -82,11 +82,40 @@ def save_checkpoint(weights_path, iteration: int, prm, weight_model, trainer_sta
     return final
 
 
+def _to_model_keys(module: torch.nn.Module, state: dict) -> dict:
+    """Map checkpoint keys to the module's own names.
+
+    transformers >= 5 ``save_pretrained`` writes keys in the original checkpoint layout
+    (reversing its load-time renamings, e.g. ``language_model.model.*`` for InternVL), so the
+    same renamings ``from_pretrained`` applies are applied here. Tensors are never converted.
+    """
+    own = module.state_dict()
+    if set(state) <= set(own):
+        return state
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
+    except ImportError:  # older transformers save the module's own names
+        return state
+    transforms = get_model_conversion_mapping(module)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
+    prefix = getattr(module, "base_model_prefix", None) or None
+    out = {}
+    for key, value in state.items():
+        new_key, converted = rename_source_key(key, renamings, converters, prefix, own)
+        if converted is not None:
+            raise RuntimeError(f"checkpoint key {key!r} needs a tensor conversion; load it with from_pretrained")
+        out[new_key] = value
+    return out
+
+
 def load_model_weights(module: torch.nn.Module, folder: Path) -> None:
     """Load safetensors shards written by ``save_pretrained`` into an existing model, strictly."""
     state = {}
     for shard in sorted(Path(folder).glob("*.safetensors")):
         state.update(load_file(str(shard)))
+    state = _to_model_keys(module, state)
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in getattr(module, "_tied_weights_keys", {}) or {}]
     if missing or unexpected:

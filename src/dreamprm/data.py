@@ -97,7 +97,7 @@ def _check_conversations(rec: dict, kind: str) -> tuple[list[str], int, int]:
                 pos += 1
             else:
                 neg += 1
-            if t == 0 or conv[t - 1].get("from") != "human":
+            if t == 0 or not isinstance(conv[t - 1], dict) or conv[t - 1].get("from") != "human":
                 problems.append(f"{where}: a gpt turn must follow a human turn")
         if role == "system" and t != 0:
             problems.append(f"{where}: a system turn may only come first")

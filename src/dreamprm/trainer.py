@@ -275,6 +275,8 @@ class Trainer:
         start = self.resume() if a.resume else 0
         if not a.resume:
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        else:
+            self._trim_metrics(start)
         _atomic_json(self.out / "train_args.json", vars(a))
         self.engine.start_iteration = start
         self.metrics_file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")
@@ -291,6 +293,23 @@ class Trainer:
             if self.bar is not None:
                 self.bar.close()
         return self.out
+
+    def _trim_metrics(self, start: int) -> None:
+        """Drop rows logged after the checkpoint resumed from (they are about to be redone)."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if isinstance(row, dict) and int(row.get("iteration", 0)) <= start:
+                kept.append(line)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
 
     def _stage(self) -> str:
         if not self.bilevel:
