@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Stage 1 — cold start: one epoch of plain SFT of InternVL3-1B on 20k step-labelled examples
+# (paper App. B: lr 5e-5, weight decay 5e-2, batch 1, cosine schedule with 5 % warm-up).
+# Extra arguments are passed through and override these, e.g.
+#   bash run_coldstart.sh --reward_model tiny --device cpu --precision fp32 --iteration_num 5
+set -euo pipefail
+cd "$(dirname "$0")"
+exec "${PYTHON:-python}" train.py \
+  --retrain 1 \
+  --reward_model OpenGVLab/InternVL3-1B-hf \
+  --train_json_file ./data/coldstart.json \
+  --weights_path ./weights/coldstart \
+  --iteration_num 20000 \
+  --batch_size 1 \
+  --lr 5e-5 \
+  --weight_decay 5e-2 \
+  --scheduler_type cosine_schedule_with_warmup \
+  --max_patch_num 6 \
+  --save_every_iterations 1000 \
+  "$@"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Stage 2b — DreamPRM-1.5 Instance Net: a 2->10->1 MLP over the PRM's own step predictions
+# (paper App. B: 100k instances, 100k iterations, batch 1; lower AdamW lr 5e-5 wd 1e-2;
+# meta lr 5e-4 wd 1e-3, hidden 10; cosine schedules with 5 % warm-up; darts, unroll 1).
+# Starts from the cold-start checkpoint. Extra arguments are passed through and override these.
+set -euo pipefail
+cd "$(dirname "$0")"
+exec "${PYTHON:-python}" train.py \
+  --reweighting net \
+  --reward_model ./weights/coldstart \
+  --train_json_file ./data/train.json \
+  --meta_json_file ./data/meta.json \
+  --weights_path ./weights/net \
+  --iteration_num 100000 \
+  --batch_size 1 --meta_batch_size 1 \
+  --lr 5e-5 --weight_decay 1e-2 \
+  --meta_lr 5e-4 --meta_weight_decay 1e-3 --hidden_dim 10 \
+  --aggregation_function mean --loss_target both \
+  --unroll_steps 1 --gradiant_clipping 1.0 \
+  --scheduler_type cosine_schedule_with_warmup \
+  --max_patch_num 6 \
+  --save_every_iterations 1000 \
+  "$@"

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Stage 2a — DreamPRM-1.5 Instance Table: one learnable weight per training instance
+# (paper App. B: 12k instances, 100k iterations, batch 1; lower AdamW lr 5e-5 wd 1e-2;
+# meta lr 5e-3 wd 1e-3; cosine schedules with 5 % warm-up at both levels; darts, unroll 1).
+# Starts from the cold-start checkpoint. Extra arguments are passed through and override these.
+set -euo pipefail
+cd "$(dirname "$0")"
+exec "${PYTHON:-python}" train.py \
+  --reweighting table \
+  --reward_model ./weights/coldstart \
+  --train_json_file ./data/train.json \
+  --meta_json_file ./data/meta.json \
+  --weights_path ./weights/table \
+  --iteration_num 100000 \
+  --batch_size 1 --meta_batch_size 1 \
+  --lr 5e-5 --weight_decay 1e-2 \
+  --meta_lr 5e-3 --meta_weight_decay 1e-3 \
+  --activation_function LeakyReLU --initialization 1.0 \
+  --aggregation_function mean --loss_target both \
+  --unroll_steps 1 --gradiant_clipping 1.0 \
+  --scheduler_type cosine_schedule_with_warmup \
+  --max_patch_num 6 \
+  --save_every_iterations 1000 \
+  "$@"

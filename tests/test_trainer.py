@@ -1,0 +1,188 @@
+"""train.py on the tiny model, CPU: every mode learns, outputs reload, the bi-level step is right."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from betty.configs import Config, EngineConfig
+from torch.func import functional_call
+
+import train
+from arguments import train_parser
+from dreamprm.data import load_records
+from dreamprm.examples import BatchStream, ConversationDataset, ExampleBuilder, collate
+from dreamprm.losses import instance_losses, meta_loss
+from dreamprm.prm import ProcessRewardModel
+from dreamprm.problems import IterationEngine, LowerProblem, UpperProblem
+from dreamprm.trainer import Trainer, write_figures
+from dreamprm.weighting import WeightTable
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+
+
+def _args(tmp_path, *extra):
+    return train_parser().parse_args([
+        "--reward_model", "tiny", "--device", "cpu", "--precision", "fp32", "--no_progress",
+        "--train_json_file", str(DATA / "train.json"), "--meta_json_file", str(DATA / "meta.json"),
+        "--weights_path", str(tmp_path / "w"), "--figs_dir", str(tmp_path / "figs"),
+        "--iteration_num", "3", "--save_every_iterations", "3", "--batch_size", "2", "--meta_batch_size", "2",
+        *extra,
+    ])
+
+
+def _run(tmp_path, *extra):
+    trainer = Trainer(_args(tmp_path, *extra))
+    before = {k: v.detach().clone() for k, v in trainer.prm.state_dict().items()}
+    weights_before = copy.deepcopy(trainer.weight_model.state_dict()) if trainer.weight_model is not None else None
+    trainer.run()
+    return trainer, before, weights_before
+
+
+def _changed(before, module):
+    return [k for k, v in module.state_dict().items() if not torch.equal(before[k], v)]
+
+
+@pytest.mark.parametrize("mode", [["--retrain", "1"], ["--baseline"], ["--reweighting", "table"],
+                                  ["--reweighting", "net"], ["--reweighting", "domain"]])
+def test_every_mode_updates_the_prm(tmp_path, tiny_dir, mode):
+    trainer, before, _ = _run(tmp_path, *mode)
+    assert len(_changed(before, trainer.prm)) > 0.9 * len(before)
+    rows = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    assert all(r["lower_loss"] > 0 and "lr" in r and "seconds" in r for r in rows)
+    assert ("meta_loss" in rows[0]) == (trainer.weight_model is not None)
+
+
+def test_table_changes_the_weights_of_seen_instances_only(tmp_path, tiny_dir):
+    trainer, _, wb = _run(tmp_path, "--reweighting", "table", "--meta_weight_decay", "0", "--meta_lr", "5e-3")
+    seen = set()
+    stream = BatchStream(trainer.train_set, 2, 1, 0)  # same seed and batch size: the same order
+    for _ in range(3):
+        seen.update(stream.next().index.tolist())
+    raw_after = trainer.weight_model.raw.detach()
+    moved = set(torch.nonzero(raw_after != wb["raw"]).flatten().tolist())
+    assert moved == seen
+    saved = json.loads((tmp_path / "w" / "instance_weights.json").read_text())
+    assert list(saved) == trainer.train_set.ids  # every training id, effective (activated) weight
+    assert sum(1 for v in saved.values() if v != 1.0) == len(seen)
+
+
+def test_table_weight_decay_alone_moves_unseen_rows_by_the_decay_factor(tmp_path, tiny_dir):
+    trainer, _, wb = _run(tmp_path, "--reweighting", "table", "--meta_lr", "5e-3", "--meta_weight_decay", "1e-3",
+                          "--scheduler_type", "constant")
+    stream = BatchStream(trainer.train_set, 2, 1, 0)
+    seen = {i for _ in range(3) for i in stream.next().index.tolist()}
+    unseen = [i for i in range(len(trainer.train_set)) if i not in seen]
+    expected = torch.tensor(1.0) * (1 - 5e-3 * 1e-3) ** 3  # decoupled decay, three upper steps
+    torch.testing.assert_close(trainer.weight_model.raw.detach()[unseen], expected.expand(len(unseen)))
+
+
+def test_net_parameters_change_and_seen_ids_are_recorded(tmp_path, tiny_dir):
+    trainer, _, wb = _run(tmp_path, "--reweighting", "net", "--meta_lr", "5e-2")
+    assert all(not torch.equal(wb[k], v) for k, v in trainer.weight_model.state_dict().items())
+    saved = json.loads((tmp_path / "w" / "instance_weights.json").read_text())
+    assert 1 <= len(saved) <= 6
+    assert all(0 < v["weight"] < 1 and v["iteration"] in (1, 2, 3) for v in saved.values())
+
+
+def test_domain_mode_keys_weights_by_dataset(tmp_path, tiny_dir):
+    trainer, _, _ = _run(tmp_path, "--reweighting", "domain", "--meta_lr", "5e-2")
+    saved = json.loads((tmp_path / "w" / "instance_weights.json").read_text())
+    records, _ = load_records(DATA / "train.json", "train")
+    assert set(saved) == {r["dataset"] for r in records}
+    assert any(v != 1.0 for v in saved.values())
+
+
+def test_saved_folder_reloads_with_the_same_step_probabilities(tmp_path, tiny_dir):
+    trainer, _, _ = _run(tmp_path, "--reweighting", "table")
+    reloaded = ProcessRewardModel.from_pretrained(tmp_path / "w", precision="fp32").eval()
+    trainer.prm.eval()
+    batch = BatchStream(trainer.train_set, 3, 7, 0).next()
+    with torch.no_grad():
+        a = trainer.prm(**batch.model_inputs()).log_p_plus
+        b = reloaded(**batch.model_inputs()).log_p_plus
+    assert torch.equal(a, b)
+    assert (tmp_path / "w" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "w" / "train_args.json").read_text())["reweighting"] == "table"
+    figs = write_figures(trainer)
+    assert sorted(p.name for p in figs) == ["w_losses.png", "w_weights.png"]
+    assert all(p.stat().st_size > 10_000 for p in figs)
+
+
+class _CapturingUpper(UpperProblem):
+    def grad_callback(self):
+        self.captured = [p.grad.detach().clone() for p in self.trainable_parameters()]
+
+
+def test_engine_hypergradient_matches_the_exact_unrolled_one(tiny_dir):
+    """Betty's darts upper gradient for the table points the same way as autograd through one SGD step."""
+    torch.manual_seed(0)
+    # eager attention: the exact reference differentiates twice, which CPU sdpa kernels cannot
+    prm = ProcessRewardModel.from_pretrained(tiny_dir, precision="fp32", attn_implementation="eager")
+    with torch.no_grad():  # sharper label logits, so per-instance gradients differ clearly (not so
+        prm.model.lm_head.weight.mul_(3)  # sharp that p saturates and fp32 finite differences vanish)
+    builder = ExampleBuilder(prm.processor, 2)
+    train_records, _ = load_records(DATA / "train.json", "train")
+    meta_records, _ = load_records(DATA / "meta.json", "meta")
+    def has_minus(r):
+        return any(t["value"] == "-" for t in r["conversations"] if t["from"] == "gpt")
+
+    # two instances whose steps are all "+" and two with "-" steps: their hypergradients differ in sign
+    picked = [r for r in train_records if not has_minus(r)][:2] + [r for r in train_records if has_minus(r)][:2]
+    train_set = ConversationDataset(picked, DATA / "train.json", builder)
+    meta_set = ConversationDataset(meta_records[:2], DATA / "meta.json", builder)
+    lr = 1e-3
+    table = WeightTable(train_set.ids, 1.0, "No")
+
+    # exact: d/d alpha of L_meta(phi0 - lr * grad_phi L_lower(phi0, alpha))
+    batch = BatchStream(train_set, 4, 3, 0).next()
+    meta = BatchStream(meta_set, 2, 4, 0).next()
+    phi0 = {k: v.detach().clone().requires_grad_(True) for k, v in prm.named_parameters()}
+    alpha = table.raw.detach().clone().requires_grad_(True)
+    steps = functional_call(prm, phi0, kwargs=batch.model_inputs())
+    lower = (alpha[batch.index] * instance_losses(steps, batch.labels, 4)).mean()
+    grads = torch.autograd.grad(lower, list(phi0.values()), create_graph=True)
+    phi1 = {k: v - lr * g for (k, v), g in zip(phi0.items(), grads)}
+    meta_steps = functional_call(prm, phi1, kwargs=meta.model_inputs())
+    exact = torch.autograd.grad(meta_loss(meta_steps, meta.true_false), alpha)[0]
+
+    # engine: one iteration of the real problems on the same batches
+    low = LowerProblem("lower", Config(type="darts", precision="fp32"), prm,
+                       torch.optim.SGD(prm.parameters(), lr=lr), None, BatchStream(train_set, 4, 3, 0))
+    up = _CapturingUpper("upper", Config(type="darts", retain_graph=True, precision="fp32"), table,
+                         torch.optim.SGD(table.parameters(), lr=0.0), None, BatchStream(meta_set, 2, 4, 0))
+    engine = IterationEngine([up, low], EngineConfig(train_iters=1, valid_step=1, strategy="cpu"),
+                             {"l2u": {low: [up]}, "u2l": {up: [low]}}, on_iteration=lambda it: True)
+    engine.run()
+    darts = up.captured[0]
+    assert exact.abs().max() > 0
+    assert (exact - exact.mean()).abs().max() > 0.1 * exact.abs().mean()  # instances differ
+    cosine = torch.nn.functional.cosine_similarity(darts, exact, dim=0)
+    assert cosine > 0.99, (darts, exact)
+    # and per instance, not just on the shared part: the centred vectors agree as well
+    centred = torch.nn.functional.cosine_similarity(darts - darts.mean(), exact - exact.mean(), dim=0)
+    assert centred > 0.95, (darts, exact)
+
+
+@pytest.mark.parametrize("script", ["run_coldstart.sh", "run_table.sh", "run_net.sh"])
+def test_run_scripts_pass_extra_arguments_through(tmp_path, tiny_dir, script):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable)
+    cmd = ["bash", str(ROOT / script), "--reward_model", "tiny", "--device", "cpu", "--precision", "fp32",
+           "--iteration_num", "2", "--weights_path", str(out), "--figs_dir", str(tmp_path / "figs"),
+           "--train_json_file", str(DATA / "coldstart.json" if "cold" in script else DATA / "train.json"),
+           "--meta_json_file", str(DATA / "meta.json"), "--no_progress"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = json.loads((out / "train_args.json").read_text())
+    assert saved["iteration_num"] == 2 and saved["reward_model"] == "tiny" and saved["device"] == "cpu"
+    expected = {"run_coldstart.sh": ("retrain", True), "run_table.sh": ("meta_lr", 5e-3),
+                "run_net.sh": ("meta_lr", 5e-4)}[script]
+    assert saved[expected[0]] == expected[1]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
