@@ -48,3 +48,16 @@ def test_image_tiles_follow_max_patch_num(tiny_prm):
     assert builder.pixel_values(Image.new("RGB", (150, 40))).shape == (5, 3, 56, 56)
     builder.max_patch_num = 1
     assert builder.pixel_values(Image.new("RGB", (150, 40))).shape == (1, 3, 56, 56)
+
+
+def test_reference_full_vocab_path_gives_the_same_outputs(tiny_prm):
+    batch = _batch(tiny_prm)
+    with torch.no_grad():
+        fast = tiny_prm(**batch.model_inputs())
+        tiny_prm.full_vocab_logits = True
+        try:
+            ref = tiny_prm(**batch.model_inputs())
+        finally:
+            tiny_prm.full_vocab_logits = False
+    for name in ("logit_plus", "logit_minus", "log_p_plus", "log_p_minus"):
+        torch.testing.assert_close(getattr(fast, name), getattr(ref, name), atol=1e-5, rtol=0)

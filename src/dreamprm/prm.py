@@ -56,6 +56,9 @@ class ProcessRewardModel(nn.Module):
         self.processor = processor
         self.plus_id, self.minus_id = label_token_ids(processor.tokenizer)
         self.image_token_id = model.config.image_token_id
+        # Reference-equivalent path (benchmarks, equivalence tests): LM head and softmax over
+        # every position through the stock forward, as the public code computes it.
+        self.full_vocab_logits = False
 
     @classmethod
     def from_pretrained(
@@ -141,6 +144,12 @@ class ProcessRewardModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         **_: object,
     ) -> StepOutputs:
+        if self.full_vocab_logits:
+            logits = self.full_logits(input_ids, attention_mask, pixel_values).float()
+            log_probs = logits.log_softmax(-1)[label_batch, label_pos]
+            at = logits[label_batch, label_pos]
+            return StepOutputs(at[:, self.plus_id], at[:, self.minus_id], log_probs[:, self.plus_id],
+                               log_probs[:, self.minus_id], label_batch)
         hidden = self.hidden_states(input_ids, attention_mask, pixel_values)
         return self.label_outputs(hidden[label_batch, label_pos], label_batch)
 

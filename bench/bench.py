@@ -1,0 +1,258 @@
+"""GPU benchmark at the DESIGN §5 shape, through the project's own training and scoring code.
+
+A random-init full-size InternVL3-1B (DESIGN §4; no download) with the bundled tiny tokenizer
+(ids only need to exist) is saved once and loaded by the same ``from_pretrained`` path a real
+checkpoint takes. Synthetic data: 7 tiles (6 + thumbnail), 8 steps of ~60 tokens; best-of-8
+questions at 13 tiles. Every mode runs in this process, one after the other, with the
+reference-equivalent modes (full-vocabulary logits and softmax at every position, one full
+forward per candidate, sdpa) beside ours so the ratios are measured side by side.
+
+    python bench/bench.py --out bench_out [--results bench/results.json] [--iters 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import shutil
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PEAK_FLOPS = 989e12  # H100 SXM dense bf16
+FWD_FLOPS = 8.3e12  # DESIGN §5: one forward at 7 tiles / 2,630 tokens (vision 5.1 + text 3.2)
+MODE_FLOPS = {"sft": 3 * FWD_FLOPS, "table": 8 * FWD_FLOPS, "net": 8 * FWD_FLOPS, "bon8": 15e12}
+WORDS = "the angle at the base of the triangle equals the sum of the two opposite interior angles so x is".split()
+
+
+def build_model(path: Path) -> None:
+    from transformers import GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration
+    from transformers import InternVLProcessor, InternVLVideoProcessor
+
+    from dreamprm.prompt import label_token_ids
+    from dreamprm.tiny import IMAGENET_MEAN, IMAGENET_STD, build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    config = InternVLConfig(
+        vision_config=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                           image_size=448, patch_size=14, attention_bias=True, layer_scale_init_value=0.1,
+                           use_mean_pooling=True),
+        text_config=dict(model_type="qwen2", hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, intermediate_size=4864, vocab_size=151674,
+                         max_position_embeddings=32768, rope_theta=1_000_000.0, tie_word_embeddings=False),
+        image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"), image_seq_length=256, downsample_ratio=0.5,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = InternVLForConditionalGeneration(config).to(torch.bfloat16)
+    plus, minus = label_token_ids(tok)
+    with torch.no_grad():  # give "+"/"-" real probability mass so score comparisons mean something
+        model.lm_head.weight[[plus, minus]] *= 40
+    n = sum(p.numel() for p in model.parameters())
+    print(f"random-init InternVL3-1B shape: {n / 1e6:.0f} M parameters")
+    size = {"height": 448, "width": 448}
+    proc = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(crop_to_patches=True, size=size, max_patches=12,
+                                              image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD),
+        tokenizer=tok,
+        video_processor=InternVLVideoProcessor(size=size, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD),
+        image_seq_length=256,
+    )
+    model.save_pretrained(path)
+    proc.save_pretrained(path)
+    del model
+    torch.cuda.empty_cache()
+
+
+def step_text(tok, i: int, target: int = 60) -> str:
+    words, k = [f"Step {i}:"], 0
+    while len(tok.encode(" ".join(words), add_special_tokens=False)) < target:
+        words.append(WORDS[k % len(WORDS)])
+        k += 1
+    return " ".join(words)
+
+
+def build_data(folder: Path, tok) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    steps = [step_text(tok, i + 1) for i in range(8)]
+
+    def image(name, size):
+        arr = (torch.rand(size[1] // 8, size[0] // 8, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).resize(size).save(folder / name)
+        return name
+
+    def record(i, prefix, extra):
+        conv = [{"from": "human", "value": "### Question:\nWhat is x in the figure?"}]
+        for s in steps:
+            conv += [{"from": "human", "value": s}, {"from": "gpt", "value": "+" if (i + len(conv)) % 3 else "-"}]
+        return {"id": f"{prefix}{i}", "image": image(f"{prefix}{i}.png", (1344, 896)), "conversations": conv,
+                "dataset": f"d{i % 3}", **extra}
+
+    (folder / "train.json").write_text(json.dumps([record(i, "t", {}) for i in range(24)]))
+    meta = [record(i, "m", {"true_false": bool(i % 2)}) for i in range(12)]
+    for m in meta:
+        for t in m["conversations"]:
+            if t["from"] == "gpt":
+                t["value"] = "+"
+    (folder / "meta.json").write_text(json.dumps(meta))
+    tests = []
+    for q in range(4):
+        cands = ["[Reasoning]\n" + "\n".join(steps[: 7]) + f"\nAnswer: {c}" for c in "ABCDEFGH"]
+        tests.append({"id": q, "question": "What is x in the figure?", "image_path": image(f"q{q}.png", (1792, 1344)),
+                      "candidates": cands, "true_false": [c == "C" for c in "ABCDEFGH"]})
+    (folder / "test.json").write_text(json.dumps(tests))
+
+
+def measure_training(model_dir: Path, data: Path, out: Path, mode: str, reference: bool, checkpointing: bool,
+                     iters: int, warmup: int) -> dict:
+    from arguments import train_parser
+    from dreamprm.trainer import Trainer
+
+    argv = ["--reward_model", str(model_dir), "--device", "cuda", "--precision", "bf16", "--no_progress",
+            "--train_json_file", str(data / "train.json"), "--meta_json_file", str(data / "meta.json"),
+            "--weights_path", str(out), "--iteration_num", str(warmup + iters),
+            "--save_every_iterations", str(10**9), "--keep_checkpoints", "1", "--num_workers", "4",
+            "--figs_dir", str(out / "figs")]
+    argv += {"sft": ["--retrain", "1"], "table": ["--reweighting", "table", "--meta_lr", "5e-3"],
+             "net": ["--reweighting", "net", "--meta_lr", "5e-4"]}[mode]
+    if checkpointing:
+        argv.append("--gradient_checkpointing")
+    trainer = Trainer(train_parser().parse_args(argv))
+    trainer.prm.full_vocab_logits = reference
+    seq_len = len(trainer.train_set[0]["input_ids"])
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    trainer.run()
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    secs = [r["seconds"] for r in rows[warmup:]]
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    del trainer
+    shutil.rmtree(out, ignore_errors=True)  # each run writes ~3 GB of checkpoint; the disk is finite
+    return {"secs": secs, "peak_gib": peak, "seq_len": seq_len}
+
+
+def measure_bon8(model_dir: Path, data: Path, reference: bool, iters: int, warmup: int) -> dict:
+    from dreamprm.bestofn import load_scorer
+    from dreamprm.examples import ExampleBuilder, collate, load_rgb
+    from dreamprm.prompt import candidate_conversation
+    from dreamprm.steps import split_steps
+
+    tests = json.loads((data / "test.json").read_text())
+    scorer = load_scorer(str(model_dir), device="cuda", precision="bf16", max_patch_num=12, batch_size=8)
+    prm = scorer.prm
+    prm.full_vocab_logits = reference
+    builder = ExampleBuilder(prm.processor, 12)
+
+    def naive(q):  # one full forward per candidate, image re-tiled and re-encoded each time
+        img = load_rgb(data / q["image_path"])
+        scores = []
+        for cand in q["candidates"]:
+            item = builder.build(candidate_conversation(q["question"], split_steps(cand)), img)
+            batch = collate([item], 0).to("cuda")
+            scores.append(prm(**batch.model_inputs()).p_plus.float().tolist())
+        return scores
+
+    def fast(q):
+        return scorer.score_candidates(load_rgb(data / q["image_path"]), q["question"], q["candidates"])
+
+    run = naive if reference else fast
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    secs, scores = [], []
+    with torch.no_grad():
+        for i in range(warmup + iters):
+            q = tests[i % len(tests)]
+            t0 = time.perf_counter()
+            s = run(q)
+            torch.cuda.synchronize()
+            if i >= warmup:
+                secs.append(time.perf_counter() - t0)
+            if i < len(tests):
+                scores.append(s)
+    item = builder.build(candidate_conversation(tests[0]["question"], split_steps(tests[0]["candidates"][0])),
+                         load_rgb(data / tests[0]["image_path"]))
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    del scorer, prm
+    return {"secs": secs, "peak_gib": peak, "seq_len": len(item["input_ids"]), "scores": scores}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--results", default=None, help="append rows to this results.json too")
+    ap.add_argument("--iters", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--modes", default="sft,table,net,bon8,reference_sft,reference_table,reference_net,reference_bon8,"
+                                      "table+gc,net+gc,sft+gc")
+    a = ap.parse_args()
+    import transformers
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir, data = out / "model", out / "data"
+    if not (model_dir / "config.json").exists():
+        build_model(model_dir)
+    from transformers import AutoTokenizer
+
+    build_data(data, AutoTokenizer.from_pretrained(model_dir))
+    device = torch.cuda.get_device_name()
+    rows, scores = [], {}
+    for spec in a.modes.split(","):
+        mode, gc_on = spec.split("+")[0], spec.endswith("+gc")
+        reference = mode.startswith("reference_")
+        base = mode.removeprefix("reference_")
+        print(f"== {spec}", flush=True)
+        try:
+            if base == "bon8":
+                m = measure_bon8(model_dir, data, reference, a.iters, a.warmup)
+                scores[mode] = m.pop("scores")
+                tiles, steps, tokens = 13, 8, 8 * m["seq_len"]
+            else:
+                m = measure_training(model_dir, data, out / f"run_{spec}", base, reference, gc_on, a.iters, a.warmup)
+                tiles, steps, tokens = 7, 8, m["seq_len"]
+        except Exception as exc:  # record the failure (e.g. out of memory) and go on
+            traceback.print_exc()
+            rows.append({"mode": mode, "gradient_checkpointing": gc_on, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            gc.collect()
+            torch.cuda.empty_cache()
+            continue
+        gc.collect()
+        torch.cuda.empty_cache()
+        med = statistics.median(m["secs"])
+        row = {"date": dt.date.today().isoformat(), "device": device, "torch": torch.__version__,
+               "transformers": transformers.__version__, "mode": mode, "gradient_checkpointing": gc_on,
+               "tiles": tiles, "steps": steps, "seq_len": m["seq_len"], "median_s": round(med, 4),
+               "min_s": round(min(m["secs"]), 4), "peak_gib": round(m["peak_gib"], 2),
+               "tokens_per_s": round(tokens / med, 1), "mfu": round(MODE_FLOPS[base] / med / PEAK_FLOPS, 4)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        (out / "rows.json").write_text(json.dumps(rows, indent=1))
+    if "bon8" in scores and "reference_bon8" in scores:
+        diff = max(abs(x - y) for qa, qb in zip(scores["bon8"], scores["reference_bon8"])
+                   for ca, cb in zip(qa, qb) for x, y in zip(ca, cb))
+        sel = [max(range(len(q)), key=lambda i: sum(q[i]) / len(q[i])) for q in scores["bon8"]]
+        ref_sel = [max(range(len(q)), key=lambda i: sum(q[i]) / len(q[i])) for q in scores["reference_bon8"]]
+        note = {"bon8_max_abs_step_prob_diff": diff, "same_selections": sel == ref_sel}
+        print(json.dumps(note))
+        (out / "numerics.json").write_text(json.dumps(note, indent=1))
+    if a.results:
+        path = Path(a.results)
+        old = json.loads(path.read_text()) if path.exists() else []
+        path.write_text(json.dumps(old + [r for r in rows if "error" not in r], indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
