@@ -20,19 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-SYSTEM_PROMPT = """You are an advanced AI assistant, designed to serve as a process supervision model. In this task, I will provide a problem statement followed by the first step of the solution process. For each subsequent turn, I will give you a new step in the solution. Your role is to assess whether the solution process is correct up to the current step.
-
-- In the **first round**, I will input the problem and the first step of the solution process.
-- In **each subsequent round**, I will provide the next step in the solution.
-
-For each step, you should:
-- Respond with **"+"** if you believe the solution process is correct up to this step.
-- Respond with **"-"** if you detect any issues or errors in the process up to this step.
-
-Please note:
-- Only respond with **"+"** or **"-"**. Do not provide any additional explanations, comments, or justifications.
-
-Your task is to verify the accuracy and correctness of each step in the given solution process."""
+from dreamprm.prompt import SYSTEM_PROMPT
 
 COLOURS = {"red": (215, 40, 40), "green": (40, 160, 60), "blue": (45, 75, 215),
            "yellow": (235, 205, 35)}
