@@ -1,6 +1,7 @@
 """Command-line flags of the project's entry points, in one place (DESIGN §6).
 
-``test_parser()`` is ``test.py`` (best-of-N evaluation of a trained PRM).
+``train_parser()`` is ``train.py`` (the upstream flag table, names and defaults kept, plus this
+project's flags); ``test_parser()`` is ``test.py`` (best-of-N evaluation of a trained PRM).
 """
 
 from __future__ import annotations
