@@ -106,6 +106,17 @@ def _check_conversations(rec: dict, kind: str) -> tuple[list[str], int, int]:
     return problems, pos, neg
 
 
+def _image_field_problems(rec: dict, field: str, json_path, check_images: bool) -> list[str]:
+    """Problems of the record's image-path field: its type, then (optionally) the file itself."""
+    if not isinstance(rec.get(field), str):
+        return [f"field '{field}': missing or not a string"]
+    if check_images:
+        img = _image_problem(resolve_image(rec[field], json_path))
+        if img:
+            return [f"field '{field}': {img}"]
+    return []
+
+
 def _check_record(rec, kind: str, json_path, check_images: bool) -> tuple[list[str], int, int]:
     if not isinstance(rec, dict):
         return [f"must be an object, got {type(rec).__name__}"], 0, 0
@@ -113,12 +124,7 @@ def _check_record(rec, kind: str, json_path, check_images: bool) -> tuple[list[s
     if kind in ("train", "meta"):
         if not isinstance(rec.get("id"), (str, int)) or isinstance(rec.get("id"), bool):
             problems.append("field 'id': missing or not a string/number")
-        if not isinstance(rec.get("image"), str):
-            problems.append("field 'image': missing or not a string")
-        elif check_images:
-            img = _image_problem(resolve_image(rec["image"], json_path))
-            if img:
-                problems.append(f"field 'image': {img}")
+        problems += _image_field_problems(rec, "image", json_path, check_images)
         if "dataset" in rec and not isinstance(rec["dataset"], str):
             problems.append("field 'dataset': must be a string")
         if kind == "meta" and not isinstance(rec.get("true_false"), bool):
@@ -130,12 +136,7 @@ def _check_record(rec, kind: str, json_path, check_images: bool) -> tuple[list[s
         problems.append("field 'id': not a string/number")
     if not isinstance(rec.get("question"), str):
         problems.append("field 'question': missing or not a string")
-    if not isinstance(rec.get("image_path"), str):
-        problems.append("field 'image_path': missing or not a string")
-    elif check_images:
-        img = _image_problem(resolve_image(rec["image_path"], json_path))
-        if img:
-            problems.append(f"field 'image_path': {img}")
+    problems += _image_field_problems(rec, "image_path", json_path, check_images)
     cands, tf = rec.get("candidates"), rec.get("true_false")
     if not isinstance(cands, list) or not cands or not all(isinstance(c, str) for c in cands):
         problems.append("field 'candidates': must be a non-empty list of strings")
