@@ -58,9 +58,11 @@ from collections import Counter
 from pathlib import Path
 
 try:
+    from dreamprm.jsonrecords import iter_file_records
     from dreamprm.steps import extract_answer, split_steps
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from dreamprm.jsonrecords import iter_file_records
     from dreamprm.steps import extract_answer, split_steps
 
 LETTERS = string.ascii_uppercase
@@ -197,25 +199,7 @@ def free_is_correct(pred: str | None, gold) -> bool:
 # reading
 # ----------------------------------------------------------------------------------------------
 def _iter(path: Path):
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: <json>: {e.msg}") from None
-        if not isinstance(data, list):
-            raise DataError(f"{path}:1: <json>: expected a list of records")
-        for i, rec in enumerate(data, 1):
-            yield f"{path}:{i}", rec
-        return
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield f"{path}:{n}", json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{n}: <json>: {e.msg}") from None
+    return iter_file_records(path, DataError)
 
 
 def read_questions(paths, image_root: str | None = None) -> dict:

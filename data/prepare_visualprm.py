@@ -68,6 +68,12 @@ PRESETS = {"table": 12_000, "net": 100_000, "coldstart": 20_000}
 DEFAULT_MC_THRESHOLD = 0.0
 _IMAGE_TAG = re.compile(r"^\s*(<image>\s*)+")
 
+try:
+    from dreamprm.jsonrecords import iter_file_records
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from dreamprm.jsonrecords import iter_file_records
+
 
 class DataError(ValueError):
     """A malformed input record: ``file:line: field: problem``."""
@@ -88,25 +94,8 @@ def iter_records(paths):
         else:
             raise DataError(f"{p}: no such file")
     for f in files:
-        if f.suffix == ".json":
-            try:
-                data = json.loads(f.read_text())
-            except json.JSONDecodeError as e:
-                raise DataError(f"{f}:{e.lineno}: <json>: {e.msg}") from None
-            if not isinstance(data, list):
-                raise DataError(f"{f}:1: <json>: expected a list of records")
-            for i, rec in enumerate(data, 1):
-                yield f"{f}:{i}", f.stem, rec  # record index stands in for the line
-            continue
-        with f.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{f}:{n}: <json>: {e.msg}") from None
-                yield f"{f}:{n}", f.stem, rec
+        for where, rec in iter_file_records(f, DataError):
+            yield where, f.stem, rec
 
 
 def _step_score(step, where: str, i: int) -> tuple[str, float]:
