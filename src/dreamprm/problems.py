@@ -5,6 +5,11 @@ Upper: the weight model, scored by the best-of-N-mimicking meta loss (paper Eq. 
 gradient reaches the weights through Betty's ``darts`` hypergradient, which re-runs the lower
 ``training_step`` with the PRM perturbed along the meta gradient.
 
+Those two perturbation passes only ever differentiate with respect to the weight model, whose
+output depends on the PRM's step outputs as *values*; so by default they run the PRM without
+recording an autograd graph (``graph_free_perturbation``). The hypergradient is bit-identical
+(``tests/test_trainer.py``); the passes just stop holding a full set of activations.
+
 Everything a problem needs is passed when it is built; problems see each other only through
 the attributes Betty sets (``self.upper`` on the lower problem, ``self.lower`` on the upper).
 """
@@ -57,14 +62,25 @@ class _GuardedProblem(ImplicitProblem):
 class LowerProblem(_GuardedProblem):
     """The PRM, trained on instance-weighted step cross-entropy (or MSE)."""
 
-    def __init__(self, name, config, module, optimizer, scheduler, stream, lower_loss="ce"):
+    def __init__(self, name, config, module, optimizer, scheduler, stream, lower_loss="ce",
+                 graph_free_perturbation=True):
         super().__init__(name, config, module, optimizer, scheduler, stream)
         self.lower_loss = lower_loss
+        self.graph_free_perturbation = graph_free_perturbation
+        self._own_step = False
+        self._prm_graph = True
+
+    def training_step_exec(self, batch):
+        # Called from this problem's own step (through get_loss) and, otherwise, only by the
+        # upper level's darts hypergradient at a perturbed PRM.
+        self._prm_graph = self._own_step or not self.graph_free_perturbation
+        return super().training_step_exec(batch)
 
     def training_step(self, batch):
-        steps = self.module(**batch.model_inputs())
-        n = batch.index.shape[0]
-        losses = instance_losses(steps, batch.labels, n, self.lower_loss)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self._prm_graph):
+            steps = self.module(**batch.model_inputs())
+            n = batch.index.shape[0]
+            losses = instance_losses(steps, batch.labels, n, self.lower_loss)
         upper = getattr(self, "upper", None)
         if upper is None:
             weights = torch.ones_like(losses)
@@ -75,7 +91,11 @@ class LowerProblem(_GuardedProblem):
         return weighted
 
     def get_loss(self, batch):
-        loss, loss_dict = super().get_loss(batch)
+        self._own_step = True
+        try:
+            loss, loss_dict = super().get_loss(batch)
+        finally:
+            self._own_step = False
         losses, weights, weighted, index = self._pending  # from this (unperturbed) pass
         w = weights.detach().float()
         self.stats = {
