@@ -34,6 +34,9 @@ def test_parser() -> argparse.ArgumentParser:
                    help="model weights dtype; default: bf16 on cuda, fp32 on cpu")
     p.add_argument("--batch_size", type=int, default=8,
                    help="candidates per language-model batch (default: %(default)s)")
+    p.add_argument("--prefetch", type=int, default=2,
+                   help="questions whose images are decoded and tiled in a background thread while "
+                   "the current one is scored; 0 = serial (default: %(default)s)")
     p.add_argument("--skip_bad_records", action="store_true",
                    help="drop invalid records (and say how many) instead of stopping")
     p.add_argument("--figs_dir", default="figs", help="where the accuracy-vs-N figure goes (default: %(default)s)")
@@ -116,6 +119,9 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--logger", default="none", choices=("none", "tensorboard", "wandb"), help="metrics logger besides metrics.jsonl (default: %(default)s)")
     g.add_argument("--num_workers", type=int, default=0, help="DataLoader workers for image decoding and tiling (default: %(default)s)")
     g.add_argument("--gradient_checkpointing", action="store_true", help="recompute activations in backward to save memory")
+    g.add_argument("--no_autocast", action="store_true",
+                   help="run bf16 steps natively in the weights' dtype instead of under Betty's autocast "
+                        "(faster; norms no longer in fp32, so numerics differ slightly; see bench/RESULTS.md)")
     g.add_argument("--attn_implementation", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"), help="(default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --weights_path")
     g.add_argument("--keep_checkpoints", type=int, default=2, help="checkpoints kept in --weights_path/checkpoints (default: %(default)s)")

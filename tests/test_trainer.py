@@ -218,6 +218,30 @@ def test_graph_free_perturbation_passes_leave_the_hypergradient_bit_identical(ti
         assert torch.equal(prm_free[k], prm_graph[k]), k
 
 
+@pytest.mark.parametrize("flag, entered", [([], True), (["--no_autocast"], False)])
+def test_no_autocast_skips_bettys_autocast_for_both_levels(tmp_path, tiny_dir, monkeypatch, flag, entered):
+    """bf16 steps run under Betty's CUDA autocast by default (the public code); --no_autocast
+    runs them in the weights' dtype. CPU has no CUDA autocast, so its entry is recorded instead."""
+    import contextlib
+
+    import betty.problems.problem as betty_problem
+
+    calls = []
+
+    @contextlib.contextmanager
+    def recording_autocast(dtype=None, **_):
+        calls.append(dtype)
+        yield
+
+    monkeypatch.setattr(betty_problem.torch.cuda.amp, "autocast", recording_autocast)
+    trainer = Trainer(_args(tmp_path, "--precision", "bf16", "--iteration_num", "1", "--save_every_iterations", "1",
+                            "--reweighting", "table", *flag))
+    trainer.run()
+    # one iteration: lower step, meta pass, two darts perturbation passes
+    assert calls == ([torch.bfloat16] * 4 if entered else [])
+    assert (tmp_path / "w" / "metrics.jsonl").read_text().count("\n") == 1
+
+
 @pytest.mark.parametrize("script", ["run_coldstart.sh", "run_table.sh", "run_net.sh"])
 def test_run_scripts_pass_extra_arguments_through(tmp_path, tiny_dir, script):
     out = tmp_path / "out"

@@ -29,9 +29,10 @@ from .losses import instance_losses, meta_loss
 class _GuardedProblem(ImplicitProblem):
     """Clips gradients and skips (and counts) an update whose loss or gradient is not finite."""
 
-    def __init__(self, name, config, module, optimizer, scheduler, stream):
+    def __init__(self, name, config, module, optimizer, scheduler, stream, autocast=True):
         super().__init__(name, config, module, optimizer, scheduler, train_data_loader=None)
         self.stream = stream
+        self.autocast = autocast
         self.stats: dict = {}
         self.skipped_updates = 0
         self.bad_in_a_row = 0
@@ -40,6 +41,14 @@ class _GuardedProblem(ImplicitProblem):
 
     def get_batch(self):
         return self.stream.next().to(self.device, non_blocking=True)
+
+    def training_step_exec(self, batch):
+        # Betty wraps bf16/fp16 steps in CUDA autocast (the public code's numerics). With
+        # autocast=False the step runs in the weights' own dtype: no per-op weight re-casts and
+        # no fp32 norms/softmax (the label softmax stays fp32, see prm.label_outputs).
+        if self.autocast:
+            return super().training_step_exec(batch)
+        return self.training_step(batch)
 
     def get_loss(self, batch):
         loss, loss_dict = super().get_loss(batch)
@@ -63,8 +72,8 @@ class LowerProblem(_GuardedProblem):
     """The PRM, trained on instance-weighted step cross-entropy (or MSE)."""
 
     def __init__(self, name, config, module, optimizer, scheduler, stream, lower_loss="ce",
-                 graph_free_perturbation=True):
-        super().__init__(name, config, module, optimizer, scheduler, stream)
+                 graph_free_perturbation=True, autocast=True):
+        super().__init__(name, config, module, optimizer, scheduler, stream, autocast)
         self.lower_loss = lower_loss
         self.graph_free_perturbation = graph_free_perturbation
         self._own_step = False
@@ -114,8 +123,9 @@ class LowerProblem(_GuardedProblem):
 class UpperProblem(_GuardedProblem):
     """The weight model, trained on the meta loss of the PRM's scores on meta CoTs."""
 
-    def __init__(self, name, config, module, optimizer, scheduler, stream, aggregation="mean", loss_target="both"):
-        super().__init__(name, config, module, optimizer, scheduler, stream)
+    def __init__(self, name, config, module, optimizer, scheduler, stream, aggregation="mean", loss_target="both",
+                 autocast=True):
+        super().__init__(name, config, module, optimizer, scheduler, stream, autocast)
         self.aggregation = aggregation
         self.loss_target = loss_target
 

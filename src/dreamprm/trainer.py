@@ -131,7 +131,7 @@ class Trainer:
         lower_sched = make_scheduler(lower_opt, a.scheduler_type, a.iteration_num, a.warmup_ratio,
                                      a.scheduler_step_size, a.scheduler_gamma)
         self.lower = LowerProblem("lower", problem_config(a, upper=False), self.prm, lower_opt, lower_sched,
-                                  self.train_stream, a.lower_loss)
+                                  self.train_stream, a.lower_loss, autocast=not a.no_autocast)
         problems, deps = [self.lower], {"l2u": {}, "u2l": {}}
         self.upper = None
         if self.bilevel:
@@ -141,7 +141,8 @@ class Trainer:
             meta_sched = make_scheduler(meta_opt, a.scheduler_type, upper_steps, a.warmup_ratio,
                                         a.meta_scheduler_step_size, a.meta_scheduler_gamma)
             self.upper = UpperProblem("upper", problem_config(a, upper=True), self.weight_model, meta_opt,
-                                      meta_sched, self.meta_stream, a.aggregation_function, a.loss_target)
+                                      meta_sched, self.meta_stream, a.aggregation_function, a.loss_target,
+                                      autocast=not a.no_autocast)
             problems = [self.upper, self.lower]
             deps = {"l2u": {self.lower: [self.upper]}, "u2l": {self.upper: [self.lower]}}
         strategy = "cpu" if self.device == "cpu" and a.strategy == "default" else a.strategy
