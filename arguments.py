@@ -122,6 +122,9 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--no_autocast", action="store_true",
                    help="run bf16 steps natively in the weights' dtype instead of under Betty's autocast "
                         "(faster; norms no longer in fp32, so numerics differ slightly; see bench/RESULTS.md)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile every vision and language layer (regional; the first iterations pay the "
+                        "compile time; numerics close to eager, not identical; see bench/RESULTS.md)")
     g.add_argument("--attn_implementation", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"), help="(default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --weights_path")
     g.add_argument("--keep_checkpoints", type=int, default=2, help="checkpoints kept in --weights_path/checkpoints (default: %(default)s)")

@@ -1,5 +1,8 @@
 """The PRM reads step probabilities at label positions only, equal to the full computation."""
 
+import shutil
+
+import pytest
 import torch
 from PIL import Image
 
@@ -61,3 +64,35 @@ def test_reference_full_vocab_path_gives_the_same_outputs(tiny_prm):
             tiny_prm.full_vocab_logits = False
     for name in ("logit_plus", "logit_minus", "log_p_plus", "log_p_minus"):
         torch.testing.assert_close(getattr(fast, name), getattr(ref, name), atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="inductor needs a C compiler on CPU")
+def test_compiled_layers_give_the_eager_probabilities_and_gradients(tiny_dir):
+    """--compile (regional torch.compile) changes kernels, not results: outputs and parameter
+    gradients match eager to float tolerance, across two sequence lengths (dynamic shapes)."""
+    from torch._dynamo.utils import counters
+
+    from dreamprm.prm import ProcessRewardModel
+
+    eager = ProcessRewardModel.from_pretrained(tiny_dir, precision="fp32")
+    compiled = ProcessRewardModel.from_pretrained(tiny_dir, precision="fp32")
+    compiled.compile_layers()
+    assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints keep their names
+    batch = _batch(eager)
+    short = _batch(eager, max_patch_num=1)
+    assert short.input_ids.shape[1] != batch.input_ids.shape[1]
+    graphs_before = counters["stats"]["unique_graphs"]
+    for b in (batch, short):
+        outs = []
+        for prm in (eager, compiled):
+            prm.zero_grad()
+            out = prm(**b.model_inputs())
+            out.log_p_plus.sum().backward()
+            outs.append((out.log_p_plus.detach(), {n: p.grad.clone() for n, p in prm.named_parameters()
+                                                   if p.grad is not None}))
+        (ref, ref_grads), (got, got_grads) = outs
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        assert ref_grads.keys() == got_grads.keys() and len(ref_grads) > 10
+        for name in ref_grads:
+            torch.testing.assert_close(got_grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert counters["stats"]["unique_graphs"] > graphs_before  # the layers really ran compiled

@@ -101,6 +101,8 @@ class Trainer:
         if args.gradient_checkpointing:
             self.prm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.prm.model.config.use_cache = False
+        if args.compile:
+            self.prm.compile_layers()
         builder = ExampleBuilder(self.prm.processor, args.max_patch_num)
         pad_id = self.prm.processor.tokenizer.pad_token_id or 0
         pin = self.device.startswith("cuda")
