@@ -5,6 +5,7 @@ import math
 import runpy
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -210,6 +211,103 @@ def test_image_encoded_once_per_question(prm, monkeypatch):
     scorer = Scorer(prm, batch_size=2)
     scorer.score_step_lists(_image(100, 100, 2), "q?", [["a"], ["b", "c"], ["d"], ["e", "f", "g"], ["h"]])
     assert len(calls) == 1
+
+
+def test_prepared_pixels_score_the_same(prm, tmp_path):
+    """score_step_lists takes a PIL image, a path, or prepare_image's tensor: the same scores."""
+    image = _image(130, 60, 5)
+    image.save(tmp_path / "a.png")
+    question = "What is drawn?"
+    step_lists = [["A square.", "Answer: square"], ["Answer: circle"]]
+    scorer = Scorer(prm, batch_size=2)
+    want = scorer.score_step_lists(image, question, step_lists)
+    pv = scorer.prepare_image(tmp_path / "a.png")
+    assert isinstance(pv, torch.Tensor) and pv.shape[0] > 1  # tiles + thumbnail
+    assert torch.equal(pv, scorer.prepare_image(image))
+    assert scorer.prepare_image(pv) is pv and scorer.prepare_image(None) is None
+    assert scorer.score_step_lists(pv, question, step_lists) == want
+    assert scorer.score_step_lists(str(tmp_path / "a.png"), question, step_lists) == want
+    cands = ["[Reasoning]\nStep 1: four sides.\nAnswer: square", "Answer: circle", ""]
+    assert scorer.score_candidates(pv, question, cands) == scorer.score_candidates(image, question, cands)
+    # text only: no image, no image tokens; differs from the image's scores
+    text_only = scorer.score_step_lists(scorer.prepare_image(None), question, step_lists)
+    assert text_only == scorer.score_step_lists(None, question, step_lists) != want
+
+
+def _eval_records(tmp_path, n=5):
+    (tmp_path / "img").mkdir(exist_ok=True)
+    recs = []
+    for i in range(n):
+        _image(40 + 37 * i, 90 - 11 * i, 10 + i).save(tmp_path / "img" / f"e{i}.png")  # varying tile counts
+        recs.append({"id": f"e{i}", "question": f"How many sides does shape {i} have?", "image_path": f"img/e{i}.png",
+                     "candidates": [f"[Reasoning]\nStep 1: count them.\nStep 2: {i + 3}.\nAnswer: {i + 3}",
+                                    f"[Reasoning]\nIt has {i} sides.\nAnswer: {i}", ""][: 2 + i % 2],
+                     "true_false": [True, False, False][: 2 + i % 2]})
+    return recs
+
+
+def test_evaluate_prefetch_equals_serial(prm, tmp_path, monkeypatch):
+    from dreamprm.bestofn import evaluate
+
+    recs = _eval_records(tmp_path)
+    json_path = tmp_path / "test.json"  # image paths resolve beside it
+    scorer = Scorer(prm, batch_size=2)
+    serial_q, serial_c = evaluate(scorer, recs, json_path, progress=False, prefetch=0)
+    assert [q["id"] for q in serial_q] == [r["id"] for r in recs]
+    assert len({q["step_scores"][0][0] for q in serial_q}) == len(recs)  # every image scores differently
+
+    # with prefetch the images are prepared in a background thread, ahead of the scoring:
+    # scoring question 0 waits until question 1's image is being prepared (impossible when serial)
+    threads, second_started = [], threading.Event()
+    prepare, score = scorer.prepare_image, scorer.score_candidates
+
+    def prepare_spy(image, **kw):
+        if isinstance(image, torch.Tensor):  # score_step_lists passing the prepared tensor through
+            return prepare(image, **kw)
+        threads.append(threading.current_thread())
+        if len(threads) == 2:
+            second_started.set()
+        return prepare(image, **kw)
+
+    def score_spy(image, question, candidates):
+        if question == recs[0]["question"]:
+            assert second_started.wait(timeout=60), "question 1 was not prepared while question 0 was scored"
+        return score(image, question, candidates)
+
+    monkeypatch.setattr(scorer, "prepare_image", prepare_spy)
+    monkeypatch.setattr(scorer, "score_candidates", score_spy)
+    for prefetch in (1, 2, 7):
+        threads.clear()
+        second_started.clear()
+        got_q, got_c = evaluate(scorer, recs, json_path, progress=False, prefetch=prefetch)
+        assert got_q == serial_q and got_c == serial_c  # exact: step scores, aggregates, selections, order
+        assert len(threads) == len(recs) and threading.main_thread() not in threads
+    assert not [t for t in threading.enumerate() if t.name.startswith("bestofn-prefetch")]  # worker stopped
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_evaluate_prefetch_bad_image_same_error(prm, tmp_path, monkeypatch, damage):
+    from dreamprm.bestofn import evaluate
+
+    recs = _eval_records(tmp_path)
+    if damage == "missing":
+        recs[2]["image_path"] = "img/nope.png"
+    else:
+        (tmp_path / "img" / "e2.png").write_bytes(b"not an image at all")
+    scorer = Scorer(prm, batch_size=2)
+    scored = []
+    score = scorer.score_candidates
+    monkeypatch.setattr(scorer, "score_candidates", lambda im, q, c: scored.append(q) or score(im, q, c))
+    errors = {}
+    for prefetch in (0, 1, 2):
+        scored.clear()
+        with pytest.raises(Exception) as info:
+            evaluate(scorer, recs, tmp_path / "test.json", progress=False, prefetch=prefetch)
+        errors[prefetch] = (type(info.value), str(info.value))
+        assert scored == [r["question"] for r in recs[:2]]  # raised at question 2, as when serial
+    assert errors[1] == errors[2] == errors[0]
+    assert issubclass(errors[0][0], OSError) and str(tmp_path / "img" / recs[2]["image_path"][4:]) in errors[0][1]
+    assert not [t for t in threading.enumerate() if t.name.startswith("bestofn-prefetch")]  # worker stopped
 
 
 # -- the CLI ----------------------------------------------------------------------------------

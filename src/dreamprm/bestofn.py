@@ -15,6 +15,10 @@ Scoring (``Scorer``) is efficient by construction:
 The scores equal the naive path (one ``ProcessRewardModel.forward`` per candidate with its own
 ``pixel_values``) to float tolerance; ``tests/test_bestofn.py`` checks this.
 
+``evaluate`` overlaps the CPU half of a question (decoding the image file, tiling and normalising
+it: ``Scorer.prepare_image``) with the scoring of the previous one: a background thread prepares
+up to ``prefetch`` questions ahead (default 2; 0 = serial), with identical results and errors.
+
 Aggregation of a candidate's step scores p₁…pₙ (``AGGREGATIONS``):
 
 * ``mean``: Σp/n;  ``log_mean``: Σlog p/n;  ``max``/``min``: max/min p;
@@ -49,7 +53,9 @@ import math
 import os
 import random
 import sys
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -172,18 +178,27 @@ class Scorer:
     def device(self):
         return self.prm.device
 
-    def _pixel_values(self, image):
+    def prepare_image(self, image, pin_memory: bool = False):
+        """The CPU half of scoring a question: ``image`` (a PIL image, a path, or None for text
+        only) decoded, tiled and normalised into the (tiles, 3, T, T) pixel tensor that
+        ``score_step_lists`` takes in its place; None stays None. ``pin_memory``: in page-locked
+        memory (CUDA only) so the copy to the device can run asynchronously."""
+        import torch
         from PIL import Image
 
         from .examples import load_rgb
 
-        if image is None:
-            return None
-        if isinstance(image, (str, os.PathLike)):
-            image = load_rgb(image)
-        elif isinstance(image, Image.Image):
-            image = image.convert("RGB")
-        return self.builder.pixel_values(image)
+        if image is None or isinstance(image, torch.Tensor):
+            pv = image
+        else:
+            if isinstance(image, (str, os.PathLike)):
+                image = load_rgb(image)
+            elif isinstance(image, Image.Image):
+                image = image.convert("RGB")
+            pv = self.builder.pixel_values(image)
+        if pin_memory and pv is not None and not pv.is_pinned():
+            pv = pv.pin_memory()
+        return pv
 
     def score_steps(self, image, question: str, steps: Sequence[str]) -> list[float]:
         """p(+) of every step of one candidate already split into ``steps``."""
@@ -196,7 +211,8 @@ class Scorer:
         return self.score_step_lists(image, question, [split_steps(c) for c in candidates])
 
     def score_step_lists(self, image, question: str, step_lists: Sequence[Sequence[str]]) -> list[list[float]]:
-        """The core: ``image`` is a PIL image, a path, or None (text only)."""
+        """The core: ``image`` is a PIL image, a path, None (text only), or the pixel tensor
+        ``prepare_image`` made of one (then no image work is done here)."""
         import torch
 
         from .prompt import candidate_conversation
@@ -205,14 +221,16 @@ class Scorer:
         todo = [i for i, s in enumerate(step_lists) if len(s) > 0]
         if not todo:
             return out
-        pv = self._pixel_values(image)
+        pv = self.prepare_image(image)
         items = {}
         for i in todo:
             item = self.builder.build(candidate_conversation(question, list(step_lists[i])), pixel_values=pv)
             item["pixel_values"] = None  # the features are shared; never concatenate the tiles
             items[i] = item
         with torch.inference_mode():
-            feats = self.prm.image_features(pv.to(self.device)) if pv is not None else None
+            feats = None
+            if pv is not None:
+                feats = self.prm.image_features(pv.to(self.device, non_blocking=pv.is_pinned()))
             prefix = None
             if self.prefix_cache:
                 first_label = min(int(items[i]["label_positions"].min()) for i in todo)
@@ -412,24 +430,58 @@ def plot_curve(curve: dict, path, aggregations: Sequence[str] = AGGREGATION_NAME
     return path
 
 
+def _ahead(fn, items, depth: int):
+    """``fn(item)`` for every item, in order. With ``depth`` > 0 one background thread computes up
+    to ``depth`` items ahead of the one being consumed; an exception raised by ``fn`` is raised
+    here, at its item. Close the generator to stop the thread early (pending items are dropped)."""
+    if depth <= 0:
+        yield from map(fn, items)
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bestofn-prefetch")
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
+
+
 def evaluate(
     scorer: Scorer,
     records: Sequence[dict],
     json_path,
     progress: bool = True,
+    prefetch: int = 2,
 ) -> tuple[list[dict], list[list[str]]]:
-    """Score every record's candidates; return the per-question results and the candidates."""
+    """Score every record's candidates; return the per-question results and the candidates.
+
+    While a question is scored, the images of the next ``prefetch`` questions are decoded and
+    tiled in a background thread (``Scorer.prepare_image``; pinned memory on CUDA); 0 does it
+    serially. The results are the same either way, in record order, and an unreadable image
+    raises the same exception at the same question."""
+    import torch
     from tqdm import tqdm
 
     from .data import resolve_image
-    from .examples import load_rgb
+
+    pin = prefetch > 0 and torch.device(scorer.device).type == "cuda"
+
+    def prepare(rec):
+        return scorer.prepare_image(resolve_image(rec["image_path"], json_path), pin_memory=pin)
 
     questions, candidates = [], []
-    for index, rec in enumerate(tqdm(records, desc="best-of-N", unit="question", disable=not progress)):
-        image = load_rgb(resolve_image(rec["image_path"], json_path))
-        step_scores = scorer.score_candidates(image, rec["question"], rec["candidates"])
-        questions.append(question_result(rec.get("id", index), rec["true_false"], step_scores))
-        candidates.append(list(rec["candidates"]))
+    with closing(_ahead(prepare, records, prefetch)) as pixels:
+        bar = tqdm(records, desc="best-of-N", unit="question", disable=not progress)
+        for index, (rec, pv) in enumerate(zip(bar, pixels)):
+            step_scores = scorer.score_candidates(pv, rec["question"], rec["candidates"])
+            questions.append(question_result(rec.get("id", index), rec["true_false"], step_scores))
+            candidates.append(list(rec["candidates"]))
     return questions, candidates
 
 
@@ -492,7 +544,7 @@ def run(args) -> int:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"error: cannot load reward model {model!r}: {first}", file=sys.stderr)
         return 2
-    questions, candidates = evaluate(scorer, records, args.test_json_file)
+    questions, candidates = evaluate(scorer, records, args.test_json_file, prefetch=args.prefetch)
     result = build_report(questions, candidates)
 
     out = Path(args.output_file)
