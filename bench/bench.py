@@ -7,7 +7,12 @@ questions at 13 tiles. Every mode runs in this process, one after the other, wit
 reference-equivalent modes (full-vocabulary logits and softmax at every position, one full
 forward per candidate, sdpa) beside ours so the ratios are measured side by side.
 
-    python bench/bench.py --out bench_out [--results bench/results.json] [--iters 12]
+    python bench/bench.py --out bench_out [--results bench/results.json] [--iters 12] [--modes ...]
+
+A mode is ``<sft|table|net|bon8>`` or its ``reference_`` twin, plus options joined with ``+``:
+``gc`` (``--gradient_checkpointing``), ``noac`` (``--no_autocast``), ``compile`` (``--compile``),
+e.g. ``table+noac+compile``. Every training mode also reports how far its step probabilities on
+one training instance are from the reference-equivalent path (``max_prob_diff_vs_reference``).
 """
 
 from __future__ import annotations
@@ -115,42 +120,102 @@ def build_data(folder: Path, tok) -> None:
     (folder / "test.json").write_text(json.dumps(tests))
 
 
-def measure_training(model_dir: Path, data: Path, out: Path, mode: str, reference: bool, checkpointing: bool,
-                     iters: int, warmup: int) -> dict:
+OPTION_FLAGS = {"gc": "--gradient_checkpointing", "noac": "--no_autocast", "compile": "--compile"}
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_peak(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(device: str) -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
+
+
+def release(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def precision(device: str) -> str:
+    return "bf16" if device == "cuda" else "fp32"
+
+
+def probe_probabilities(prm, item, pad_id: int, autocast: bool) -> torch.Tensor:
+    """p(+) at every step of one training instance, as the training step computes it."""
+    from dreamprm.examples import collate
+
+    batch = collate([item], pad_id).to(prm.device)
+    on = autocast and prm.device.type == "cuda" and prm.model.dtype != torch.float32
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=on):
+        return prm(**batch.model_inputs()).p_plus.float().cpu()
+
+
+def reference_probe(model_dir: Path, data: Path, device: str) -> torch.Tensor:
+    """The reference-equivalent computation (stock forward, full-vocabulary softmax at every
+    position, under autocast as Betty runs it) on the first training instance."""
+    from dreamprm.data import load_records
+    from dreamprm.examples import ConversationDataset, ExampleBuilder
+    from dreamprm.prm import ProcessRewardModel
+
+    prm = ProcessRewardModel.from_pretrained(model_dir, device=device, precision=precision(device))
+    prm.full_vocab_logits = True
+    records, _ = load_records(data / "train.json", "train")
+    item = ConversationDataset(records, data / "train.json", ExampleBuilder(prm.processor, 6))[0]
+    probs = probe_probabilities(prm, item, prm.processor.tokenizer.pad_token_id or 0, autocast=True)
+    del prm
+    release(device)
+    return probs
+
+
+def measure_training(device: str, model_dir: Path, data: Path, out: Path, mode: str, reference: bool, options: set,
+                     iters: int, warmup: int, reference_probs: torch.Tensor | None = None) -> dict:
     from arguments import train_parser
     from dreamprm.trainer import Trainer
 
-    argv = ["--reward_model", str(model_dir), "--device", "cuda", "--precision", "bf16", "--no_progress",
+    argv = ["--reward_model", str(model_dir), "--device", device, "--precision", precision(device), "--no_progress",
             "--train_json_file", str(data / "train.json"), "--meta_json_file", str(data / "meta.json"),
             "--weights_path", str(out), "--iteration_num", str(warmup + iters),
-            "--save_every_iterations", str(10**9), "--keep_checkpoints", "1", "--num_workers", "4",
+            "--save_every_iterations", str(10**9), "--keep_checkpoints", "1",
+            "--num_workers", "4" if device == "cuda" else "0",
             "--figs_dir", str(out / "figs")]
     argv += {"sft": ["--retrain", "1"], "table": ["--reweighting", "table", "--meta_lr", "5e-3"],
              "net": ["--reweighting", "net", "--meta_lr", "5e-4"]}[mode]
-    if checkpointing:
-        argv.append("--gradient_checkpointing")
+    argv += [OPTION_FLAGS[o] for o in sorted(options)]
     trainer = Trainer(train_parser().parse_args(argv))
     trainer.prm.full_vocab_logits = reference
-    seq_len = len(trainer.train_set[0]["input_ids"])
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    trainer.lower.graph_free_perturbation = not reference  # the reference records the darts graphs
+    item = trainer.train_set[0]
+    seq_len = len(item["input_ids"])
+    diff = None
+    if reference_probs is not None:
+        probs = probe_probabilities(trainer.prm, item, trainer.train_stream.pad_id, "noac" not in options)
+        diff = float((probs - reference_probs).abs().max())
+    reset_peak(device)
     trainer.run()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     secs = [r["seconds"] for r in rows[warmup:]]
-    peak = torch.cuda.max_memory_allocated() / 2**30
+    peak = peak_gib(device)
     del trainer
     shutil.rmtree(out, ignore_errors=True)  # each run writes ~3 GB of checkpoint; the disk is finite
-    return {"secs": secs, "peak_gib": peak, "seq_len": seq_len}
+    return {"secs": secs, "peak_gib": peak, "seq_len": seq_len, "max_prob_diff_vs_reference": diff}
 
 
-def measure_bon8(model_dir: Path, data: Path, reference: bool, iters: int, warmup: int) -> dict:
+def measure_bon8(device: str, model_dir: Path, data: Path, reference: bool, iters: int, warmup: int) -> dict:
     from dreamprm.bestofn import evaluate, load_scorer
     from dreamprm.examples import ExampleBuilder, collate, load_rgb
     from dreamprm.prompt import candidate_conversation
     from dreamprm.steps import split_steps
 
     tests = json.loads((data / "test.json").read_text())
-    scorer = load_scorer(str(model_dir), device="cuda", precision="bf16", max_patch_num=12, batch_size=8)
+    scorer = load_scorer(str(model_dir), device=device, precision=precision(device), max_patch_num=12, batch_size=8)
     prm = scorer.prm
     prm.full_vocab_logits = reference
     builder = ExampleBuilder(prm.processor, 12)
@@ -160,7 +225,7 @@ def measure_bon8(model_dir: Path, data: Path, reference: bool, iters: int, warmu
         scores = []
         for cand in q["candidates"]:
             item = builder.build(candidate_conversation(q["question"], split_steps(cand)), img)
-            batch = collate([item], 0).to("cuda")
+            batch = collate([item], 0).to(device)
             scores.append(prm(**batch.model_inputs()).p_plus.float().tolist())
         return scores
 
@@ -170,7 +235,7 @@ def measure_bon8(model_dir: Path, data: Path, reference: bool, iters: int, warmu
 
         def timed(*args):
             out = score(*args)
-            torch.cuda.synchronize()
+            sync(device)
             ends.append(time.perf_counter())
             return out
 
@@ -182,8 +247,7 @@ def measure_bon8(model_dir: Path, data: Path, reference: bool, iters: int, warmu
         secs = [b - a for a, b in zip(ticks[warmup:], ticks[warmup + 1 :])]
         return secs, [q["step_scores"] for q in questions[: len(tests)]]
 
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    reset_peak(device)
     secs, scores = [], []
     if not reference:
         secs, scores = streamed()
@@ -193,16 +257,26 @@ def measure_bon8(model_dir: Path, data: Path, reference: bool, iters: int, warmu
                 q = tests[i % len(tests)]
                 t0 = time.perf_counter()
                 s = naive(q)
-                torch.cuda.synchronize()
+                sync(device)
                 if i >= warmup:
                     secs.append(time.perf_counter() - t0)
                 if i < len(tests):
                     scores.append(s)
     item = builder.build(candidate_conversation(tests[0]["question"], split_steps(tests[0]["candidates"][0])),
                          load_rgb(data / tests[0]["image_path"]))
-    peak = torch.cuda.max_memory_allocated() / 2**30
+    peak = peak_gib(device)
     del scorer, prm
     return {"secs": secs, "peak_gib": peak, "seq_len": len(item["input_ids"]), "scores": scores}
+
+
+def parse_mode(spec: str) -> tuple[str, str, bool, set]:
+    """``table+gc+noac`` -> (mode "table", base "table", reference False, options {"gc", "noac"})."""
+    mode, *opts = spec.split("+")
+    base, options = mode.removeprefix("reference_"), set(opts)
+    if base not in MODE_FLOPS or not options <= OPTION_FLAGS.keys() or (base == "bon8" and options):
+        raise SystemExit(f"unknown mode {spec!r}: sft/table/net[+gc][+noac][+compile], bon8, "
+                         "or any of them prefixed with reference_")
+    return mode, base, mode.startswith("reference_"), options
 
 
 def main() -> int:
@@ -210,49 +284,62 @@ def main() -> int:
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--results", default=None, help="append rows to this results.json too")
     ap.add_argument("--iters", type=int, default=12)
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                    help="cpu: a smoke run of every code path on the bundled tiny model, fp32 (numbers meaningless)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--modes", default="sft,table,net,bon8,reference_sft,reference_table,reference_net,reference_bon8,"
-                                      "table+gc,net+gc,sft+gc")
+                                      "table+gc,net+gc,sft+gc,sft+noac,table+noac,net+noac,"
+                                      "sft+noac+compile,table+noac+compile,net+noac+compile,table+gc+noac")
     a = ap.parse_args()
+    if a.device == "cpu" and a.results:
+        raise SystemExit("--results is for GPU runs; a cpu smoke run's numbers are not results")
+    specs = {spec: parse_mode(spec) for spec in a.modes.split(",")}
     import transformers
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     model_dir, data = out / "model", out / "data"
-    if not (model_dir / "config.json").exists():
+    if a.device == "cpu":
+        from dreamprm.tiny import ensure_tiny
+
+        model_dir = ensure_tiny()
+    elif not (model_dir / "config.json").exists():
         build_model(model_dir)
     from transformers import AutoTokenizer
 
     build_data(data, AutoTokenizer.from_pretrained(model_dir))
-    device = torch.cuda.get_device_name()
+    device_name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu (smoke run, tiny model)"
     rows, scores = [], {}
-    for spec in a.modes.split(","):
-        mode, gc_on = spec.split("+")[0], spec.endswith("+gc")
-        reference = mode.startswith("reference_")
-        base = mode.removeprefix("reference_")
+    training = any(base != "bon8" for _, base, _, _ in specs.values())
+    ref_probs = reference_probe(model_dir, data, a.device) if training else None
+    for spec, (mode, base, reference, options) in specs.items():
+        gc_on = "gc" in options
         print(f"== {spec}", flush=True)
         try:
             if base == "bon8":
-                m = measure_bon8(model_dir, data, reference, a.iters, a.warmup)
+                m = measure_bon8(a.device, model_dir, data, reference, a.iters, a.warmup)
                 scores[mode] = m.pop("scores")
                 tiles, steps, tokens = 13, 8, 8 * m["seq_len"]
             else:
-                m = measure_training(model_dir, data, out / f"run_{spec}", base, reference, gc_on, a.iters, a.warmup)
+                m = measure_training(a.device, model_dir, data, out / f"run_{spec}", base, reference, options,
+                                     a.iters, a.warmup, ref_probs)
                 tiles, steps, tokens = 7, 8, m["seq_len"]
         except Exception as exc:  # record the failure (e.g. out of memory) and go on
             traceback.print_exc()
-            rows.append({"mode": mode, "gradient_checkpointing": gc_on, "error": f"{type(exc).__name__}: {exc}"[:300]})
-            gc.collect()
-            torch.cuda.empty_cache()
+            rows.append({"mode": mode, "gradient_checkpointing": gc_on, "options": sorted(options - {"gc"}),
+                         "error": f"{type(exc).__name__}: {exc}"[:300]})
+            release(a.device)
             continue
-        gc.collect()
-        torch.cuda.empty_cache()
+        release(a.device)
         med = statistics.median(m["secs"])
-        row = {"date": dt.date.today().isoformat(), "device": device, "torch": torch.__version__,
+        row = {"date": dt.date.today().isoformat(), "device": device_name, "torch": torch.__version__,
                "transformers": transformers.__version__, "mode": mode, "gradient_checkpointing": gc_on,
                "tiles": tiles, "steps": steps, "seq_len": m["seq_len"], "median_s": round(med, 4),
                "min_s": round(min(m["secs"]), 4), "peak_gib": round(m["peak_gib"], 2),
-               "tokens_per_s": round(tokens / med, 1), "mfu": round(MODE_FLOPS[base] / med / PEAK_FLOPS, 4)}
+               "tokens_per_s": round(tokens / med, 1), "mfu": round(MODE_FLOPS[base] / med / PEAK_FLOPS, 4) if a.device == "cuda" else None,
+               "options": sorted(options - {"gc"})}
+        if m.get("max_prob_diff_vs_reference") is not None:
+            row["max_prob_diff_vs_reference"] = m["max_prob_diff_vs_reference"]
         print(json.dumps(row), flush=True)
         rows.append(row)
         (out / "rows.json").write_text(json.dumps(rows, indent=1))
@@ -268,7 +355,10 @@ def main() -> int:
         path = Path(a.results)
         old = json.loads(path.read_text()) if path.exists() else []
         path.write_text(json.dumps(old + [r for r in rows if "error" not in r], indent=1) + "\n")
-    return 0
+    failed = [f"{r['mode']}{'+gc' if r['gradient_checkpointing'] else ''}" for r in rows if "error" in r]
+    if failed:
+        print(f"modes that failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
