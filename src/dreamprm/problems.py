@@ -96,7 +96,8 @@ class LowerProblem(_GuardedProblem):
         else:
             weights = upper(batch.index, batch.domain, steps)
         weighted = (weights.to(losses.dtype) * losses).mean()
-        self._pending = (losses, weights, weighted, batch.index)
+        if self._own_step:  # kept only until get_loss reads it: it holds the pass's autograd graph
+            self._pending = (losses, weights, weighted, batch.index)
         return weighted
 
     def get_loss(self, batch):
@@ -106,6 +107,7 @@ class LowerProblem(_GuardedProblem):
         finally:
             self._own_step = False
         losses, weights, weighted, index = self._pending  # from this (unperturbed) pass
+        self._pending = None
         w = weights.detach().float()
         self.stats = {
             "lower_loss": float(losses.detach().mean()),
