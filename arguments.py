@@ -117,7 +117,9 @@ def train_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("system")
     g.add_argument("--logger", default="none", choices=("none", "tensorboard", "wandb"), help="metrics logger besides metrics.jsonl (default: %(default)s)")
-    g.add_argument("--num_workers", type=int, default=0, help="DataLoader workers for image decoding and tiling (default: %(default)s)")
+    g.add_argument("--num_workers", type=int, default=None,
+                   help="DataLoader workers for image decoding and tiling; they never change the batches "
+                        "(default: up to 4 on cuda, 0 on cpu)")
     g.add_argument("--gradient_checkpointing", action="store_true", help="recompute activations in backward to save memory")
     g.add_argument("--no_autocast", action="store_true",
                    help="run bf16 steps natively in the weights' dtype instead of under Betty's autocast "

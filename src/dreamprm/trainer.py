@@ -106,11 +106,14 @@ class Trainer:
         builder = ExampleBuilder(self.prm.processor, args.max_patch_num)
         pad_id = self.prm.processor.tokenizer.pad_token_id or 0
         pin = self.device.startswith("cuda")
+        workers = args.num_workers
+        if workers is None:  # decode and tile off the training loop's thread on a GPU machine
+            workers = min(4, max((os.cpu_count() or 1) - 1, 0)) if pin else 0
 
         train_records, report = load_records(args.train_json_file, "train", skip_bad=args.skip_bad_records)
         print(report.summary())
         self.train_set = ConversationDataset(train_records, args.train_json_file, builder)
-        self.train_stream = BatchStream(self.train_set, args.batch_size, args.seed, pad_id, args.num_workers, pin)
+        self.train_stream = BatchStream(self.train_set, args.batch_size, args.seed, pad_id, workers, pin)
 
         self.weight_model = None
         self.meta_stream = None
@@ -118,7 +121,7 @@ class Trainer:
             meta_records, meta_report = load_records(args.meta_json_file, "meta", skip_bad=args.skip_bad_records)
             print(meta_report.summary())
             meta_set = ConversationDataset(meta_records, args.meta_json_file, builder, domains=self.train_set.domains)
-            self.meta_stream = BatchStream(meta_set, args.meta_batch_size, args.seed + 1, pad_id, args.num_workers, pin)
+            self.meta_stream = BatchStream(meta_set, args.meta_batch_size, args.seed + 1, pad_id, workers, pin)
             self.weight_model = build_weight_model(args.reweighting, self.train_set.ids, self.train_set.domains, args)
             self.weight_model.to(self.device)
         self.net_seen: dict[str, dict] = {}
