@@ -96,3 +96,17 @@ def test_compiled_layers_give_the_eager_probabilities_and_gradients(tiny_dir):
         for name in ref_grads:
             torch.testing.assert_close(got_grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
     assert counters["stats"]["unique_graphs"] > graphs_before  # the layers really ran compiled
+
+
+def test_step_probabilities_build_no_kv_cache(tiny_prm, monkeypatch):
+    """Training and scoring forwards read every position once: no cache layer is ever updated."""
+    from transformers import cache_utils
+
+    updates = []
+    original = cache_utils.DynamicLayer.update
+    monkeypatch.setattr(cache_utils.DynamicLayer, "update", lambda self, *a, **k: (updates.append(1), original(self, *a, **k))[1])
+    batch = _batch(tiny_prm)
+    tiny_prm(**batch.model_inputs()).log_p_plus.sum().backward()
+    assert updates == []
+    tiny_prm.hidden_states(batch.input_ids, batch.attention_mask, batch.pixel_values, use_cache=True)
+    assert len(updates) == tiny_prm.model.config.text_config.num_hidden_layers  # the opt-in still works

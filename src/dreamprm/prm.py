@@ -129,6 +129,10 @@ class ProcessRewardModel(nn.Module):
         if image_features is None and pixel_values is not None:
             image_features = self.image_features(pixel_values)
         embeds = self.embed(input_ids, image_features)
+        # The text config asks for a KV cache by default; scoring and training read every
+        # position once, so building one only costs a concatenation per layer (and, under
+        # --compile, a recompile). Callers that want it (the prefix cache) pass use_cache=True.
+        lm_kwargs.setdefault("use_cache", False)
         out = self.model.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask, **lm_kwargs)
         return out.last_hidden_state
 
