@@ -98,12 +98,13 @@ def build_tiny_tokenizer():
     return fast
 
 
-def build_tiny_config(vocab_size: int, image_token_id: int):
+def build_tiny_config(vocab_size: int, image_token_id: int, vision_layers: int = 2, text_layers: int = 2):
+    """The tiny widths; the depths are parameters (the host-overhead benchmark uses 24 + 24)."""
     from transformers import InternVLConfig
 
     vision = dict(
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=vision_layers,
         num_attention_heads=2,
         intermediate_size=64,
         image_size=TINY_TILE,
@@ -115,7 +116,7 @@ def build_tiny_config(vocab_size: int, image_token_id: int):
     text = dict(
         model_type="qwen2",
         hidden_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=text_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         intermediate_size=128,
