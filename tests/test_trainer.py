@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -170,42 +171,53 @@ def test_engine_hypergradient_matches_the_exact_unrolled_one(tiny_dir):
     assert centred > 0.95, (darts, exact)
 
 
-@pytest.mark.parametrize("kind", ["table", "domain", "net"])
-def test_graph_free_perturbation_passes_leave_the_hypergradient_bit_identical(tiny_dir, kind):
-    """The darts passes without a PRM autograd graph give exactly the upper gradient and update
-    that the passes with the graph give (the default is graph-free; this proves it is only faster)."""
+def _small_bilevel_setup(tiny_dir, kind):
+    """A tiny PRM (sharpened head), four training and two meta records, and a weight model."""
     torch.manual_seed(0)
-    prm0 = ProcessRewardModel.from_pretrained(tiny_dir, precision="fp32")
+    prm = ProcessRewardModel.from_pretrained(tiny_dir, precision="fp32")
     with torch.no_grad():
-        prm0.model.lm_head.weight.mul_(3)
-    builder = ExampleBuilder(prm0.processor, 2)
+        prm.model.lm_head.weight.mul_(3)
+    builder = ExampleBuilder(prm.processor, 2)
     train_records, _ = load_records(DATA / "train.json", "train")
     meta_records, _ = load_records(DATA / "meta.json", "meta")
     train_set = ConversationDataset(train_records[:4], DATA / "train.json", builder)
     meta_set = ConversationDataset(meta_records[:2], DATA / "meta.json", builder)
     if kind == "net":
         from dreamprm.weighting import InstanceNet
-        weights0 = InstanceNet(hidden_dim=4)
+        weights = InstanceNet(hidden_dim=4)
     else:
         keys = train_set.ids if kind == "table" else train_set.domains
-        weights0 = WeightTable(keys, 1.0, "LeakyReLU", by="index" if kind == "table" else "domain")
+        weights = WeightTable(keys, 1.0, "LeakyReLU", by="index" if kind == "table" else "domain")
+    return prm, weights, train_set, meta_set
 
-    def one_iteration(graph_free):
-        prm, weights = copy.deepcopy(prm0), copy.deepcopy(weights0)
-        low = LowerProblem("lower", Config(type="darts", precision="fp32"), prm,
-                           torch.optim.SGD(prm.parameters(), lr=1e-3), None, BatchStream(train_set, 4, 3, 0),
-                           graph_free_perturbation=graph_free)
-        up = _CapturingUpper("upper", Config(type="darts", retain_graph=True, precision="fp32"), weights,
-                             torch.optim.SGD(weights.parameters(), lr=0.1), None, BatchStream(meta_set, 2, 4, 0))
-        engine = IterationEngine([up, low], EngineConfig(train_iters=2, valid_step=1, strategy="cpu"),
-                                 {"l2u": {low: [up]}, "u2l": {up: [low]}}, on_iteration=lambda it: True)
-        recorded = []  # per PRM forward: was an autograd graph recorded?
-        prm.register_forward_hook(lambda *_: recorded.append(torch.is_grad_enabled()))
-        engine.run()
-        return up.captured, prm.state_dict(), weights.state_dict(), recorded
 
-    grads_free, prm_free, w_free, rec_free = one_iteration(True)
-    grads_graph, prm_graph, w_graph, rec_graph = one_iteration(False)
+def _two_iterations(setup, graph_free=True, compile_layers=False):
+    """Two engine iterations from copies of ``setup``: the upper gradients, the PRM and weight
+    states afterwards, and per PRM forward whether an autograd graph was recorded."""
+    prm0, weights0, train_set, meta_set = setup
+    prm, weights = copy.deepcopy(prm0), copy.deepcopy(weights0)
+    if compile_layers:
+        prm.compile_layers()
+    low = LowerProblem("lower", Config(type="darts", precision="fp32"), prm,
+                       torch.optim.SGD(prm.parameters(), lr=1e-3), None, BatchStream(train_set, 4, 3, 0),
+                       graph_free_perturbation=graph_free)
+    up = _CapturingUpper("upper", Config(type="darts", retain_graph=True, precision="fp32"), weights,
+                         torch.optim.SGD(weights.parameters(), lr=0.1), None, BatchStream(meta_set, 2, 4, 0))
+    engine = IterationEngine([up, low], EngineConfig(train_iters=2, valid_step=1, strategy="cpu"),
+                             {"l2u": {low: [up]}, "u2l": {up: [low]}}, on_iteration=lambda it: True)
+    recorded = []
+    prm.register_forward_hook(lambda *_: recorded.append(torch.is_grad_enabled()))
+    engine.run()
+    return up.captured, prm.state_dict(), weights.state_dict(), recorded
+
+
+@pytest.mark.parametrize("kind", ["table", "domain", "net"])
+def test_graph_free_perturbation_passes_leave_the_hypergradient_bit_identical(tiny_dir, kind):
+    """The darts passes without a PRM autograd graph give exactly the upper gradient and update
+    that the passes with the graph give (the default is graph-free; this proves it is only faster)."""
+    setup = _small_bilevel_setup(tiny_dir, kind)
+    grads_free, prm_free, w_free, rec_free = _two_iterations(setup, graph_free=True)
+    grads_graph, prm_graph, w_graph, rec_graph = _two_iterations(setup, graph_free=False)
     # per iteration: lower step, meta pass, then the two darts perturbation passes
     assert rec_free == [True, True, False, False] * 2
     assert rec_graph == [True] * 8
@@ -216,6 +228,19 @@ def test_graph_free_perturbation_passes_leave_the_hypergradient_bit_identical(ti
         assert torch.equal(w_free[k], w_graph[k]), k
     for k in prm_graph:
         assert torch.equal(prm_free[k], prm_graph[k]), k
+
+
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="inductor needs a C compiler on CPU")
+def test_compiled_layers_see_the_darts_perturbations(tiny_dir):
+    """--compile keeps the PRM's weights graph inputs: the darts passes at θ ± εv (in-place
+    weight updates) give the eager hypergradient, not the zero a frozen copy would give."""
+    setup = _small_bilevel_setup(tiny_dir, "table")
+    eager, prm_eager, _, _ = _two_iterations(setup)
+    compiled, prm_compiled, _, _ = _two_iterations(setup, compile_layers=True)
+    assert eager[0].abs().max() > 0
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-3, atol=1e-6)
+    for k in prm_eager:
+        torch.testing.assert_close(prm_compiled[k], prm_eager[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
 @pytest.mark.parametrize("flag, entered", [([], True), (["--no_autocast"], False)])
