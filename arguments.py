@@ -123,7 +123,7 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--gradient_checkpointing", action="store_true", help="recompute activations in backward to save memory")
     g.add_argument("--no_autocast", action="store_true",
                    help="run bf16 steps natively in the weights' dtype instead of under Betty's autocast "
-                        "(faster; norms no longer in fp32, so numerics differ slightly; see bench/RESULTS.md)")
+                        "(no per-op casts, so faster; rounding differs slightly; see bench/RESULTS.md)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile every vision and language layer (regional; the first iterations pay the "
                         "compile time; numerics close to eager, not identical; see bench/RESULTS.md)")

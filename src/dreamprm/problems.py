@@ -43,9 +43,11 @@ class _GuardedProblem(ImplicitProblem):
         return self.stream.next().to(self.device, non_blocking=True)
 
     def training_step_exec(self, batch):
-        # Betty wraps bf16/fp16 steps in CUDA autocast (the public code's numerics). With
-        # autocast=False the step runs in the weights' own dtype: no per-op weight re-casts and
-        # no fp32 norms/softmax (the label softmax stays fp32, see prm.label_outputs).
+        # Betty wraps bf16/fp16 steps in CUDA autocast (the public code's numerics), which
+        # up-casts the operands of its fp32-listed ops (layer_norm among them) and casts them
+        # back for the next matmul. With autocast=False the step runs in the weights' own
+        # dtype: no casts, rounding in slightly different places (the label softmax stays
+        # fp32, see prm.label_outputs).
         if self.autocast:
             return super().training_step_exec(batch)
         return self.training_step(batch)
