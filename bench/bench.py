@@ -336,13 +336,17 @@ def main() -> int:
                "transformers": transformers.__version__, "mode": mode, "gradient_checkpointing": gc_on,
                "tiles": tiles, "steps": steps, "seq_len": m["seq_len"], "median_s": round(med, 4),
                "min_s": round(min(m["secs"]), 4), "peak_gib": round(m["peak_gib"], 2),
-               "tokens_per_s": round(tokens / med, 1), "mfu": round(MODE_FLOPS[base] / med / PEAK_FLOPS, 4) if a.device == "cuda" else None,
-               "options": sorted(options - {"gc"})}
+               "tokens_per_s": round(tokens / med, 1), "options": sorted(options - {"gc"}),
+               "mfu": round(MODE_FLOPS[base] / med / PEAK_FLOPS, 4) if a.device == "cuda" else None}
         if m.get("max_prob_diff_vs_reference") is not None:
             row["max_prob_diff_vs_reference"] = m["max_prob_diff_vs_reference"]
         print(json.dumps(row), flush=True)
         rows.append(row)
         (out / "rows.json").write_text(json.dumps(rows, indent=1))
+        if a.results:  # row by row: a run cut short (device time limit) keeps what it measured
+            path = Path(a.results)
+            old = json.loads(path.read_text()) if path.exists() else []
+            path.write_text(json.dumps(old + [row], indent=1) + "\n")
     if "bon8" in scores and "reference_bon8" in scores:
         diff = max(abs(x - y) for qa, qb in zip(scores["bon8"], scores["reference_bon8"])
                    for ca, cb in zip(qa, qb) for x, y in zip(ca, cb))
@@ -351,10 +355,6 @@ def main() -> int:
         note = {"bon8_max_abs_step_prob_diff": diff, "same_selections": sel == ref_sel}
         print(json.dumps(note))
         (out / "numerics.json").write_text(json.dumps(note, indent=1))
-    if a.results:
-        path = Path(a.results)
-        old = json.loads(path.read_text()) if path.exists() else []
-        path.write_text(json.dumps(old + [r for r in rows if "error" not in r], indent=1) + "\n")
     failed = [f"{r['mode']}{'+gc' if r['gradient_checkpointing'] else ''}" for r in rows if "error" in r]
     if failed:
         print(f"modes that failed: {', '.join(failed)}", file=sys.stderr)
