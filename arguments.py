@@ -73,6 +73,10 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--unroll_steps", type=int, default=1, help="lower steps per upper step (default: %(default)s)")
     g.add_argument("--gradiant_accumulation", type=int, default=1, help="gradient accumulation steps, both levels (default: %(default)s)")
     g.add_argument("--gradiant_clipping", type=float, default=1.0, help="gradient-norm clipping, both levels; 0 = off (default: %(default)s)")
+    g.add_argument("--darts_alpha", type=float, default=0.01,
+                   help="Betty's darts finite-difference size R: the PRM is perturbed by R·v/|v| (Betty's and "
+                        "the public code's value; with bf16 weights most of that perturbation is below bf16 "
+                        "resolution, see README 'Method, as implemented') (default: %(default)s)")
     g.add_argument("--device", default="cuda", help="cuda or cpu (default: %(default)s)")
     g.add_argument("--precision", default="bf16", choices=("fp32", "bf16"), help="model weights dtype and autocast (default: %(default)s)")
     g.add_argument("--strategy", default="default", help="Betty strategy; only 'default' is supported on one device (default: %(default)s)")

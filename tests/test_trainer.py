@@ -243,6 +243,14 @@ def test_compiled_layers_see_the_darts_perturbations(tiny_dir):
         torch.testing.assert_close(prm_compiled[k], prm_eager[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
+def test_darts_alpha_reaches_bettys_finite_difference(tmp_path, tiny_dir):
+    """--darts_alpha is the R of the perturbation the lower problem's darts hypergradient uses."""
+    default = Trainer(_args(tmp_path / "a", "--iteration_num", "1"))
+    assert default.lower.config.darts_alpha == 0.01  # Betty's and the public code's value
+    trainer = Trainer(_args(tmp_path / "b", "--iteration_num", "1", "--darts_alpha", "0.5"))
+    assert trainer.lower.config.darts_alpha == 0.5
+
+
 @pytest.mark.parametrize("flag, entered", [([], True), (["--no_autocast"], False)])
 def test_no_autocast_skips_bettys_autocast_for_both_levels(tmp_path, tiny_dir, monkeypatch, flag, entered):
     """bf16 steps run under Betty's CUDA autocast by default (the public code); --no_autocast

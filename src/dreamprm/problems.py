@@ -151,6 +151,7 @@ def problem_config(args, upper: bool) -> Config:
         gradient_clipping=args.gradiant_clipping,
         precision=args.precision,
         retain_graph=upper,
+        darts_alpha=args.darts_alpha,
     )
 
 
