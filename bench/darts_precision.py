@@ -12,6 +12,10 @@ moves by ~R / sqrt(938e6) ≈ 3e-7 on average, far below the bf16 spacing of a t
    per-instance differences, and norm ratio).
 
     python bench/darts_precision.py
+    python bench/darts_precision.py --full_size --out /tmp/bench_out   # GPU: random-init InternVL3-1B
+
+``--full_size`` repeats 2. on the GPU with bench.py's random-init full-size model and data, R
+unscaled (two training instances per batch; fp32 needs ~40 GiB).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ def moved_share(R: float, n: int = 4_000_000) -> float:
     return float(((w.float() + eps * v).bfloat16() != w).float().mean())
 
 
-def table_hypergradient(prm0, train_set, meta_set, dtype, alpha: float) -> torch.Tensor:
+def table_hypergradient(prm0, train_set, meta_set, dtype, alpha: float, batch: int = 8,
+                        device: str = "cpu") -> torch.Tensor:
     from betty.configs import Config, EngineConfig
 
     from dreamprm.examples import BatchStream
@@ -47,19 +52,64 @@ def table_hypergradient(prm0, train_set, meta_set, dtype, alpha: float) -> torch
         def grad_callback(self):
             self.captured = self.module.raw.grad.detach().float().clone()
 
-    prm = copy.deepcopy(prm0).to(dtype)
-    table = WeightTable(train_set.ids, 1.0, "No")
+    prm = copy.deepcopy(prm0).to(device=device, dtype=dtype)
+    table = WeightTable(train_set.ids, 1.0, "No").to(device)
     lower = LowerProblem("lower", Config(type="darts", precision="fp32", darts_alpha=alpha), prm,
-                         torch.optim.SGD(prm.parameters(), lr=1e-3), None, BatchStream(train_set, 8, 3, 0))
+                         torch.optim.SGD(prm.parameters(), lr=1e-3), None, BatchStream(train_set, batch, 3, 0))
     upper = Capturing("upper", Config(type="darts", retain_graph=True, precision="fp32"), table,
-                      torch.optim.SGD(table.parameters(), lr=0.0), None, BatchStream(meta_set, 4, 4, 0))
-    IterationEngine([upper, lower], EngineConfig(train_iters=1, valid_step=1, strategy="cpu", logger_type="none"),
+                      torch.optim.SGD(table.parameters(), lr=0.0), None, BatchStream(meta_set, max(batch // 2, 1), 4, 0))
+    strategy = "cpu" if device == "cpu" else "default"
+    IterationEngine([upper, lower], EngineConfig(train_iters=1, valid_step=1, strategy=strategy, logger_type="none"),
                     {"l2u": {lower: [upper]}, "u2l": {upper: [lower]}}, on_iteration=lambda it: True).run()
-    return upper.captured
+    hypergradient = upper.captured.cpu()
+    del prm, lower, upper
+    if device != "cpu":
+        torch.cuda.empty_cache()
+    return hypergradient
+
+
+def compare(got, ref) -> str:
+    cos = torch.nn.functional.cosine_similarity(got, ref, dim=0)
+    centred = torch.nn.functional.cosine_similarity(got - got.mean(), ref - ref.mean(), dim=0)
+    return f"cosine {cos:.3f}, centred {centred:.3f}, norm ratio {got.norm() / ref.norm():.2f}"
+
+
+def full_size(out: Path) -> None:
+    """2. at full size on the GPU, with bench.py's model and data (built there if missing)."""
+    from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench import build_data, build_model
+    from dreamprm.data import load_records
+    from dreamprm.examples import ConversationDataset, ExampleBuilder
+    from dreamprm.prm import ProcessRewardModel
+
+    if not (out / "model" / "config.json").exists():
+        build_model(out / "model")
+    build_data(out / "data", AutoTokenizer.from_pretrained(out / "model"))
+    prm0 = ProcessRewardModel.from_pretrained(out / "model", precision="fp32")  # kept on the CPU
+    builder = ExampleBuilder(prm0.processor, 6)
+    train, _ = load_records(out / "data" / "train.json", "train")
+    meta, _ = load_records(out / "data" / "meta.json", "meta")
+    train_set = ConversationDataset(train[:2], out / "data" / "train.json", builder)
+    meta_set = ConversationDataset(meta[:1], out / "data" / "meta.json", builder)
+    print("2. full-size random-init InternVL3-1B, Instance Table darts hypergradient, bf16 vs fp32 weights")
+    small = table_hypergradient(prm0, train_set, meta_set, torch.float32, 0.01, 2, "cuda")
+    for R in (0.01, 0.1, 1.0):
+        ref = small if R == 0.01 else table_hypergradient(prm0, train_set, meta_set, torch.float32, R, 2, "cuda")
+        got = table_hypergradient(prm0, train_set, meta_set, torch.bfloat16, R, 2, "cuda")
+        print(f"   R = {R:<5g} bf16 vs fp32: {compare(got, ref)};  fp32 vs fp32 at R = 0.01: {compare(ref, small)}",
+              flush=True)
 
 
 def main() -> int:
+    import argparse
     import logging
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full_size", action="store_true", help="part 2 at full size, on the GPU")
+    ap.add_argument("--out", default="bench_out", help="bench.py's output folder (model, data)")
+    a = ap.parse_args()
 
     from dreamprm.data import load_records
     from dreamprm.examples import ConversationDataset, ExampleBuilder
@@ -70,6 +120,9 @@ def main() -> int:
     print("1. InternVL3-1B-sized bf16 weights ~ N(0, 0.02), Gaussian direction: weights that change")
     for R in (0.01, 0.1, 1.0):
         print(f"   R = {R:<5g} {100 * moved_share(R):6.2f} %")
+    if a.full_size:
+        full_size(Path(a.out))
+        return 0
 
     torch.manual_seed(0)
     prm0 = ProcessRewardModel.from_pretrained(ensure_tiny(), precision="fp32")
@@ -83,11 +136,6 @@ def main() -> int:
     meta_set = ConversationDataset(meta[:4], ROOT / "data" / "meta.json", builder)
     print(f"2. tiny model ({n} weights), Instance Table darts hypergradient, bf16 vs fp32 weights,")
     print("   R scaled to the full-size model's per-weight perturbation")
-    def compare(got, ref) -> str:
-        cos = torch.nn.functional.cosine_similarity(got, ref, dim=0)
-        centred = torch.nn.functional.cosine_similarity(got - got.mean(), ref - ref.mean(), dim=0)
-        return f"cosine {cos:.3f}, centred {centred:.3f}, norm ratio {got.norm() / ref.norm():.2f}"
-
     small = table_hypergradient(prm0, train_set, meta_set, torch.float32, 0.01 * (n / FULL_SIZE) ** 0.5)
     for R in (0.01, 0.1, 1.0):
         alpha = R * (n / FULL_SIZE) ** 0.5
