@@ -40,3 +40,20 @@ def test_cpu_smoke_rows_never_go_to_results_and_bad_modes_are_named(tmp_path, ti
     assert done.returncode != 0 and "not results" in done.stderr and not (tmp_path / "r.json").exists()
     done = _bench(tmp_path, "--modes", "table+fast")
     assert done.returncode != 0 and "table+fast" in done.stderr
+
+
+def test_results_plot_uses_the_newest_row_per_mode_and_names_a_missing_device(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from plot_results import newest_rows, plot
+
+    rows = json.loads((ROOT / "bench" / "results.json").read_text())
+    newer = dict(rows[0], date="2099-01-01", median_s=0.01)
+    picked = newest_rows(rows + [newer], "H100")
+    assert [r["median_s"] for r in picked if (r["mode"], r["gradient_checkpointing"]) == (newer["mode"], False)
+            and not r.get("options")] == [0.01]
+    assert len({(r["mode"], r["gradient_checkpointing"], tuple(r.get("options", []))) for r in picked}) == len(picked)
+    assert plot(picked, tmp_path / "r.png", "t").stat().st_size > 10_000
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "plot_results.py"), "--device", "TPU", "--out",
+                           str(tmp_path / "x.png")], capture_output=True, text=True, env=env)
+    assert done.returncode != 0 and "TPU" in done.stderr
