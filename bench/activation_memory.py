@@ -61,17 +61,11 @@ class SavedBytes:
 
 
 def full_size_layers() -> None:
-    from transformers import InternVLConfig, InternVLForConditionalGeneration
+    from transformers import InternVLForConditionalGeneration
 
-    cfg = InternVLConfig(
-        vision_config=dict(hidden_size=1024, num_hidden_layers=1, num_attention_heads=16, intermediate_size=4096,
-                           image_size=448, patch_size=14, attention_bias=True, layer_scale_init_value=0.1,
-                           use_mean_pooling=True),
-        text_config=dict(model_type="qwen2", hidden_size=896, num_hidden_layers=1, num_attention_heads=14,
-                         num_key_value_heads=2, intermediate_size=4864, vocab_size=151674,
-                         max_position_embeddings=32768, rope_theta=1_000_000.0, tie_word_embeddings=False),
-        image_token_id=151667, image_seq_length=256, downsample_ratio=0.5, tie_word_embeddings=False,
-    )
+    from bench import full_size_config
+
+    cfg = full_size_config(image_token_id=151667, layers=1)  # one layer of each tower, full width
     cfg._attn_implementation = "sdpa"
     model = InternVLForConditionalGeneration(cfg).to(torch.bfloat16)
     vision = SavedBytes()

@@ -40,24 +40,30 @@ MODE_FLOPS = {"sft": 3 * FWD_FLOPS, "table": 8 * FWD_FLOPS, "net": 8 * FWD_FLOPS
 WORDS = "the angle at the base of the triangle equals the sum of the two opposite interior angles so x is".split()
 
 
+def full_size_config(image_token_id: int, layers: int = 24):
+    """InternVL3-1B's shape (DESIGN §4), ``layers`` deep in both towers."""
+    from transformers import InternVLConfig
+
+    return InternVLConfig(
+        vision_config=dict(hidden_size=1024, num_hidden_layers=layers, num_attention_heads=16, intermediate_size=4096,
+                           image_size=448, patch_size=14, attention_bias=True, layer_scale_init_value=0.1,
+                           use_mean_pooling=True),
+        text_config=dict(model_type="qwen2", hidden_size=896, num_hidden_layers=layers, num_attention_heads=14,
+                         num_key_value_heads=2, intermediate_size=4864, vocab_size=151674,
+                         max_position_embeddings=32768, rope_theta=1_000_000.0, tie_word_embeddings=False),
+        image_token_id=image_token_id, image_seq_length=256, downsample_ratio=0.5, tie_word_embeddings=False,
+    )
+
+
 def build_model(path: Path) -> None:
-    from transformers import GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration
+    from transformers import GotOcr2ImageProcessor, InternVLForConditionalGeneration
     from transformers import InternVLProcessor, InternVLVideoProcessor
 
     from dreamprm.prompt import label_token_ids
     from dreamprm.tiny import IMAGENET_MEAN, IMAGENET_STD, build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
-    config = InternVLConfig(
-        vision_config=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                           image_size=448, patch_size=14, attention_bias=True, layer_scale_init_value=0.1,
-                           use_mean_pooling=True),
-        text_config=dict(model_type="qwen2", hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
-                         num_key_value_heads=2, intermediate_size=4864, vocab_size=151674,
-                         max_position_embeddings=32768, rope_theta=1_000_000.0, tie_word_embeddings=False),
-        image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"), image_seq_length=256, downsample_ratio=0.5,
-        tie_word_embeddings=False,
-    )
+    config = full_size_config(tok.convert_tokens_to_ids("<IMG_CONTEXT>"))
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = InternVLForConditionalGeneration(config).to(torch.bfloat16)
