@@ -87,21 +87,14 @@ def full_size_layers() -> None:
 def live_during_iteration(graph_free: bool) -> tuple[float, float]:
     from transformers import AutoTokenizer
 
-    from arguments import train_parser
-    from bench import build_data
+    from bench import benchmark_trainer, build_data
     from dreamprm.tiny import ensure_tiny
-    from dreamprm.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"  # the benchmark's records: every instance has the same shape
         build_data(data, AutoTokenizer.from_pretrained(ensure_tiny()))
-        args = train_parser().parse_args([
-            "--reward_model", "tiny", "--device", "cpu", "--precision", "fp32", "--no_progress",
-            "--train_json_file", str(data / "train.json"), "--meta_json_file", str(data / "meta.json"),
-            "--weights_path", tmp + "/w", "--figs_dir", tmp + "/figs", "--iteration_num", "2",
-            "--save_every_iterations", "100", "--reweighting", "table"])
-        trainer = Trainer(args)
-        trainer.lower.graph_free_perturbation = graph_free
+        trainer = benchmark_trainer("cpu", "tiny", data, Path(tmp) / "w", "table", 2)
+        trainer.lower.graph_free_perturbation = graph_free  # only the darts passes differ
         counter, per_forward = SavedBytes(), []
         trainer.prm.register_forward_pre_hook(lambda *_: per_forward.append(counter.total))
         trainer.prm.register_forward_hook(lambda *_: per_forward.append(counter.total - per_forward.pop()))

@@ -181,23 +181,32 @@ def reference_probe(model_dir: Path, data: Path, device: str) -> torch.Tensor:
     return probs
 
 
-def measure_training(device: str, model_dir: Path, data: Path, out: Path, mode: str, reference: bool, options: set,
-                     iters: int, warmup: int, reference_probs: torch.Tensor | None = None) -> dict:
+def benchmark_trainer(device: str, model_dir, data: Path, out: Path, mode: str, iterations: int,
+                      flags: list[str] = (), reference: bool = False):
+    """The project's Trainer in ``mode`` (sft/table/net) on the benchmark data, never saving a
+    checkpoint mid-run; ``reference`` switches on the reference-equivalent computation
+    (full-vocabulary logits everywhere, darts passes that record an autograd graph)."""
     from arguments import train_parser
     from dreamprm.trainer import Trainer
 
     argv = ["--reward_model", str(model_dir), "--device", device, "--precision", precision(device), "--no_progress",
             "--train_json_file", str(data / "train.json"), "--meta_json_file", str(data / "meta.json"),
-            "--weights_path", str(out), "--iteration_num", str(warmup + iters),
+            "--weights_path", str(out), "--iteration_num", str(iterations),
             "--save_every_iterations", str(10**9), "--keep_checkpoints", "1",
             "--num_workers", "4" if device == "cuda" else "0",
             "--figs_dir", str(out / "figs")]
     argv += {"sft": ["--retrain", "1"], "table": ["--reweighting", "table", "--meta_lr", "5e-3"],
              "net": ["--reweighting", "net", "--meta_lr", "5e-4"]}[mode]
-    argv += [OPTION_FLAGS[o] for o in sorted(options)]
-    trainer = Trainer(train_parser().parse_args(argv))
+    trainer = Trainer(train_parser().parse_args(argv + list(flags)))
     trainer.prm.full_vocab_logits = reference
-    trainer.lower.graph_free_perturbation = not reference  # the reference records the darts graphs
+    trainer.lower.graph_free_perturbation = not reference
+    return trainer
+
+
+def measure_training(device: str, model_dir: Path, data: Path, out: Path, mode: str, reference: bool, options: set,
+                     iters: int, warmup: int, reference_probs: torch.Tensor | None = None) -> dict:
+    trainer = benchmark_trainer(device, model_dir, data, out, mode, warmup + iters,
+                                [OPTION_FLAGS[o] for o in sorted(options)], reference)
     item = trainer.train_set[0]
     seq_len = len(item["input_ids"])
     diff = None

@@ -84,16 +84,9 @@ def build_deep_tiny(path: Path) -> Path:
 
 def run_variant(model: Path, data: Path, out: Path, iters: int, reference: bool, flags: list[str],
                 count_ops: bool) -> dict:
-    from arguments import train_parser
-    from dreamprm.trainer import Trainer
+    from bench import benchmark_trainer
 
-    argv = ["--reward_model", str(model), "--device", "cpu", "--precision", "fp32", "--no_progress",
-            "--train_json_file", str(data / "train.json"), "--meta_json_file", str(data / "meta.json"),
-            "--weights_path", str(out), "--figs_dir", str(out / "figs"), "--iteration_num", str(iters),
-            "--save_every_iterations", str(10**9), "--reweighting", "table", "--max_patch_num", "6", *flags]
-    trainer = Trainer(train_parser().parse_args(argv))
-    trainer.prm.full_vocab_logits = reference
-    trainer.lower.graph_free_perturbation = not reference
+    trainer = benchmark_trainer("cpu", model, data, out, "table", iters, flags, reference)
     if count_ops:  # ops between the ends of iterations 2 and 3: one steady-state iteration
         counter, marks, record = OpCounter(), [], trainer.engine.on_iteration
         for problem in trainer.problems():

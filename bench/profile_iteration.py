@@ -43,15 +43,9 @@ def main() -> int:
 
 
 def profile_training(out: Path, mode: str, flags: list[str]):
-    from arguments import train_parser
-    from dreamprm.trainer import Trainer
+    from bench import benchmark_trainer
 
-    argv = ["--reward_model", str(out / "model"), "--device", "cuda", "--precision", "bf16", "--no_progress",
-            "--train_json_file", str(out / "data/train.json"), "--meta_json_file", str(out / "data/meta.json"),
-            "--weights_path", str(out / f"profile_{mode}"), "--iteration_num", "8", "--save_every_iterations",
-            str(10**9), "--num_workers", "4"]
-    argv += (["--retrain", "1"] if mode == "sft" else ["--reweighting", mode]) + flags
-    trainer = Trainer(train_parser().parse_args(argv))
+    trainer = benchmark_trainer("cuda", out / "model", out / "data", out / f"profile_{mode}", mode, 8, flags)
     record = trainer.engine.on_iteration
     schedule = torch.profiler.schedule(skip_first=5, wait=0, warmup=0, active=2, repeat=1)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], schedule=schedule) as prof:
