@@ -78,17 +78,11 @@ class LowerProblem(_GuardedProblem):
         super().__init__(name, config, module, optimizer, scheduler, stream, autocast)
         self.lower_loss = lower_loss
         self.graph_free_perturbation = graph_free_perturbation
-        self._own_step = False
-        self._prm_graph = True
-
-    def training_step_exec(self, batch):
-        # Called from this problem's own step (through get_loss) and, otherwise, only by the
-        # upper level's darts hypergradient at a perturbed PRM.
-        self._prm_graph = self._own_step or not self.graph_free_perturbation
-        return super().training_step_exec(batch)
+        self._own_step = False  # True inside get_loss; otherwise darts is calling at a perturbed PRM
 
     def training_step(self, batch):
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self._prm_graph):
+        record_graph = self._own_step or not self.graph_free_perturbation
+        with torch.set_grad_enabled(torch.is_grad_enabled() and record_graph):
             steps = self.module(**batch.model_inputs())
             n = batch.index.shape[0]
             losses = instance_losses(steps, batch.labels, n, self.lower_loss)
