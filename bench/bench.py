@@ -21,9 +21,11 @@ import argparse
 import datetime as dt
 import gc
 import json
+import multiprocessing
 import shutil
 import statistics
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -223,7 +225,8 @@ def measure_training(device: str, model_dir: Path, data: Path, out: Path, mode: 
     return {"secs": secs, "peak_gib": peak, "seq_len": seq_len, "max_prob_diff_vs_reference": diff}
 
 
-def measure_bon8(device: str, model_dir: Path, data: Path, reference: bool, iters: int, warmup: int) -> dict:
+def measure_bon8(device: str, model_dir: Path, data: Path, reference: bool, iters: int, warmup: int,
+                 prefetch: int = 2) -> dict:
     from dreamprm.bestofn import evaluate, load_scorer
     from dreamprm.examples import ExampleBuilder, collate, load_rgb
     from dreamprm.prompt import candidate_conversation
@@ -244,7 +247,7 @@ def measure_bon8(device: str, model_dir: Path, data: Path, reference: bool, iter
             scores.append(prm(**batch.model_inputs()).p_plus.float().tolist())
         return scores
 
-    def streamed():  # ours: test.py's loop, images decoded and tiled in the background (prefetch=2)
+    def streamed():  # ours: test.py's loop, images decoded and tiled in the background (prefetch)
         stream = [tests[i % len(tests)] for i in range(warmup + iters)]
         ends, score = [], scorer.score_candidates
 
@@ -256,7 +259,7 @@ def measure_bon8(device: str, model_dir: Path, data: Path, reference: bool, iter
 
         scorer.score_candidates = timed
         ticks = [time.perf_counter()]
-        questions, _ = evaluate(scorer, stream, data / "test.json", progress=False, prefetch=2)
+        questions, _ = evaluate(scorer, stream, data / "test.json", progress=False, prefetch=prefetch)
         del scorer.score_candidates
         ticks += ends  # a question's time runs from the end of the previous one: the streamed cost
         secs = [b - a for a, b in zip(ticks[warmup:], ticks[warmup + 1 :])]
@@ -282,6 +285,16 @@ def measure_bon8(device: str, model_dir: Path, data: Path, reference: bool, iter
     peak = peak_gib(device)
     del scorer, prm
     return {"secs": secs, "peak_gib": peak, "seq_len": len(item["input_ids"]), "scores": scores}
+
+
+def bon8_numerics(ours: list, reference: list) -> dict:
+    """Largest step-probability difference and whether mean aggregation selects the same candidates."""
+    diff = max(abs(x - y) for qa, qb in zip(ours, reference) for ca, cb in zip(qa, qb) for x, y in zip(ca, cb))
+
+    def selections(scores):
+        return [max(range(len(q)), key=lambda i: sum(q[i]) / len(q[i])) for q in scores]
+
+    return {"bon8_max_abs_step_prob_diff": diff, "same_selections": selections(ours) == selections(reference)}
 
 
 def parse_mode(spec: str) -> tuple[str, str, bool, set]:
@@ -329,7 +342,8 @@ def main() -> int:
     ref_probs = reference_probe(model_dir, data, a.device) if training else None
     for spec, (mode, base, reference, options) in specs.items():
         gc_on = "gc" in options
-        print(f"== {spec}", flush=True)
+        print(f"== {spec}  (live threads {threading.active_count()}, child processes "
+              f"{len(multiprocessing.active_children())}, gc objects {len(gc.get_objects())})", flush=True)
         try:
             if base == "bon8":
                 m = measure_bon8(a.device, model_dir, data, reference, a.iters, a.warmup)
@@ -362,14 +376,10 @@ def main() -> int:
             path = Path(a.results)
             old = json.loads(path.read_text()) if path.exists() else []
             path.write_text(json.dumps(old + [row], indent=1) + "\n")
-    if "bon8" in scores and "reference_bon8" in scores:
-        diff = max(abs(x - y) for qa, qb in zip(scores["bon8"], scores["reference_bon8"])
-                   for ca, cb in zip(qa, qb) for x, y in zip(ca, cb))
-        sel = [max(range(len(q)), key=lambda i: sum(q[i]) / len(q[i])) for q in scores["bon8"]]
-        ref_sel = [max(range(len(q)), key=lambda i: sum(q[i]) / len(q[i])) for q in scores["reference_bon8"]]
-        note = {"bon8_max_abs_step_prob_diff": diff, "same_selections": sel == ref_sel}
-        print(json.dumps(note))
-        (out / "numerics.json").write_text(json.dumps(note, indent=1))
+        if base == "bon8" and "bon8" in scores and "reference_bon8" in scores:  # as soon as both are in
+            note = bon8_numerics(scores["bon8"], scores["reference_bon8"])
+            print(json.dumps(note), flush=True)
+            (out / "numerics.json").write_text(json.dumps(note, indent=1))
     failed = [f"{r['mode']}{'+gc' if r['gradient_checkpointing'] else ''}" for r in rows if "error" in r]
     if failed:
         print(f"modes that failed: {', '.join(failed)}", file=sys.stderr)

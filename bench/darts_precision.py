@@ -69,6 +69,8 @@ def table_hypergradient(prm0, train_set, meta_set, dtype, alpha: float, batch: i
 
 
 def compare(got, ref) -> str:
+    if not ref.any() or not got.any():
+        return f"an all-zero hypergradient (|got| {got.norm():.3g}, |ref| {ref.norm():.3g}): nothing to compare"
     cos = torch.nn.functional.cosine_similarity(got, ref, dim=0)
     centred = torch.nn.functional.cosine_similarity(got - got.mean(), ref - ref.mean(), dim=0)
     return f"cosine {cos:.3f}, centred {centred:.3f}, norm ratio {got.norm() / ref.norm():.2f}"
@@ -83,11 +85,18 @@ def full_size(out: Path) -> None:
     from dreamprm.data import load_records
     from dreamprm.examples import ConversationDataset, ExampleBuilder
     from dreamprm.prm import ProcessRewardModel
+    from dreamprm.prompt import label_token_ids
 
     if not (out / "model" / "config.json").exists():
         build_model(out / "model")
     build_data(out / "data", AutoTokenizer.from_pretrained(out / "model"))
     prm0 = ProcessRewardModel.from_pretrained(out / "model", precision="fp32")  # kept on the CPU
+    # bench.py's model scales the "+"/"-" rows of the LM head by 40 for decisive scores; at that
+    # scale p(+) saturates to exactly 0 or 1 in fp32 and every gradient vanishes (a first run gave
+    # an all-zero hypergradient). Scale them to 3x instead, as the tiny model's run does.
+    plus, minus = label_token_ids(prm0.processor.tokenizer)
+    with torch.no_grad():
+        prm0.model.lm_head.weight[[plus, minus]] *= 3 / 40
     builder = ExampleBuilder(prm0.processor, 6)
     train, _ = load_records(out / "data" / "train.json", "train")
     meta, _ = load_records(out / "data" / "meta.json", "meta")

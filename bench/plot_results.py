@@ -1,8 +1,10 @@
 """Plot bench/results.json: time and peak memory per mode, ours beside the reference, with the targets.
 
-Uses the newest row of every (mode, gradient checkpointing, options) on the chosen device.
+Uses the newest row of every (mode, gradient checkpointing, options) on the chosen device, from
+one measurement run (rows' ``run`` field; by default the run with the most rows), so that every
+bar of the figure comes from the same machine. Rows without a ``run`` form a run of their own.
 
-    python bench/plot_results.py [--results bench/results.json] [--device H100] [--out bench/results.png]
+    python bench/plot_results.py [--results bench/results.json] [--device H100] [--run NAME] [--out bench/results.png]
 """
 
 from __future__ import annotations
@@ -25,11 +27,20 @@ def label(row: dict) -> str:
     return "+".join(parts)
 
 
-def newest_rows(rows: list[dict], device: str) -> list[dict]:
-    """The newest row per (mode, gc, options) on ``device``, in a stable mode order."""
+def largest_run(rows: list[dict], device: str) -> str | None:
+    """The ``run`` with the most successful rows on ``device`` (the later one on a tie)."""
+    counts: dict = {}
+    for row in rows:
+        if "error" not in row and device.lower() in row.get("device", "").lower():
+            counts[row.get("run")] = counts.get(row.get("run"), 0) + 1
+    return max(reversed(list(counts)), key=counts.get) if counts else None
+
+
+def newest_rows(rows: list[dict], device: str, run: str | None = None) -> list[dict]:
+    """The newest row per (mode, gc, options) on ``device`` in ``run``, in a stable mode order."""
     keep: dict[tuple, dict] = {}
     for row in rows:
-        if "error" in row or device.lower() not in row.get("device", "").lower():
+        if "error" in row or device.lower() not in row.get("device", "").lower() or row.get("run") != run:
             continue
         keep[(row["mode"], row["gradient_checkpointing"], tuple(row.get("options", [])))] = row  # later wins
     order = ["sft", "table", "net", "bon8"]
@@ -80,13 +91,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default=str(HERE / "results.json"))
     ap.add_argument("--device", default="H100", help="rows whose device name contains this")
+    ap.add_argument("--run", default=None, help="rows of this run (default: the run with the most rows)")
     ap.add_argument("--out", default=str(HERE / "results.png"))
     a = ap.parse_args()
-    rows = newest_rows(json.loads(Path(a.results).read_text()), a.device)
+    all_rows = json.loads(Path(a.results).read_text())
+    run = a.run if a.run is not None else largest_run(all_rows, a.device)
+    rows = newest_rows(all_rows, a.device, run)
     if not rows:
-        raise SystemExit(f"no rows for a device matching {a.device!r} in {a.results}")
+        raise SystemExit(f"no rows for a device matching {a.device!r} (run {run!r}) in {a.results}")
     dates = sorted({r["date"] for r in rows})
     title = f"{rows[0]['device']}, torch {rows[0]['torch']}, {dates[0]}" + (f" – {dates[-1]}" if len(dates) > 1 else "")
+    if run:
+        title += f", run {run}"
     print(plot(rows, Path(a.out), title))
     return 0
 

@@ -44,7 +44,7 @@ def test_cpu_smoke_rows_never_go_to_results_and_bad_modes_are_named(tmp_path, ti
 
 def test_results_plot_uses_the_newest_row_per_mode_and_names_a_missing_device(tmp_path):
     sys.path.insert(0, str(ROOT / "bench"))
-    from plot_results import newest_rows, plot
+    from plot_results import largest_run, newest_rows, plot
 
     rows = json.loads((ROOT / "bench" / "results.json").read_text())
     newer = dict(rows[0], date="2099-01-01", median_s=0.01)
@@ -53,7 +53,23 @@ def test_results_plot_uses_the_newest_row_per_mode_and_names_a_missing_device(tm
             and not r.get("options")] == [0.01]
     assert len({(r["mode"], r["gradient_checkpointing"], tuple(r.get("options", []))) for r in picked}) == len(picked)
     assert plot(picked, tmp_path / "r.png", "t").stat().st_size > 10_000
+    # rows of different runs (machines) never share a figure; the largest run is the default
+    runs = [dict(rows[0], run="a", mode=m) for m in ("sft", "table", "net")] + [dict(rows[0], run="b", mode="sft")]
+    assert largest_run(runs, "H100") == "a"
+    assert [r["run"] for r in newest_rows(runs, "H100", "b")] == ["b"]
+    assert {r["mode"] for r in newest_rows(runs, "H100", "a")} == {"sft", "table", "net"}
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "plot_results.py"), "--device", "TPU", "--out",
                            str(tmp_path / "x.png")], capture_output=True, text=True, env=env)
     assert done.returncode != 0 and "TPU" in done.stderr
+
+
+def test_bon8_breakdown_cpu_smoke_run_reports_every_part(tmp_path, tiny_dir):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bon8_breakdown.py"), "--device", "cpu", "--out",
+                           str(tmp_path / "b"), "--iters", "1", "--warmup", "0"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    parts = json.loads((tmp_path / "b" / "bon8_breakdown.json").read_text())
+    for key in ("prepare_image", "build_prompts", "score_pretiled", "stream_prefetch0", "stream_prefetch2"):
+        assert parts[key] > 0, key

@@ -1,0 +1,107 @@
+"""Where a best-of-8 question's time goes (GPU): image preparation, prompt building, scoring.
+
+bench.py's ``bon8`` row times test.py's loop end to end, with images prepared in a background
+thread (``--prefetch 2``). This script splits that time, per question, at bench.py's shape
+(13 tiles, 8 candidates of 8 steps):
+
+* ``prepare_image``: decoding, tiling and normalising the image (CPU; ``Scorer.prepare_image``);
+* ``build_prompts``: splitting and tokenising the 8 candidates (CPU);
+* ``score_pretiled``: ``score_candidates`` given the prepared pixels (prompts + GPU work);
+* ``stream_prefetch0`` / ``stream_prefetch2``: test.py's loop, serial / with the thread.
+
+If ``stream_prefetch2`` sits well above ``score_pretiled``, the overlap is imperfect (the
+preparing thread competes with the scoring thread for the interpreter lock).
+
+    python bench/bon8_breakdown.py --out /tmp/bench_out [--iters 10] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def timed_median(fn, items, warmup: int, sync) -> float:
+    secs = []
+    for i, item in enumerate(items):
+        t0 = time.perf_counter()
+        fn(item)
+        sync()
+        if i >= warmup:
+            secs.append(time.perf_counter() - t0)
+    return statistics.median(secs)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench_out", help="bench.py's output folder (model and data are built if missing)")
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: tiny model, a smoke run")
+    a = ap.parse_args()
+
+    from transformers import AutoTokenizer
+
+    from bench import build_data, build_model, measure_bon8, precision, sync
+    from dreamprm.bestofn import load_scorer
+    from dreamprm.examples import ExampleBuilder
+    from dreamprm.prompt import candidate_conversation
+    from dreamprm.steps import split_steps
+
+    out = Path(a.out)
+    model_dir, data = out / "model", out / "data"
+    if a.device == "cpu":
+        from dreamprm.tiny import ensure_tiny
+
+        model_dir = ensure_tiny()
+    elif not (model_dir / "config.json").exists():
+        build_model(model_dir)
+    build_data(data, AutoTokenizer.from_pretrained(model_dir))
+    tests = json.loads((data / "test.json").read_text())
+    stream = [tests[i % len(tests)] for i in range(a.warmup + a.iters)]
+
+    scorer = load_scorer(str(model_dir), device=a.device, precision=precision(a.device), max_patch_num=12,
+                         batch_size=8)
+    builder = ExampleBuilder(scorer.prm.processor, 12)
+    pixels = {q["image_path"]: scorer.prepare_image(data / q["image_path"]) for q in tests}
+
+    def no_sync():
+        pass
+
+    def gpu_sync():
+        sync(a.device)
+
+    def build(q):
+        pv = pixels[q["image_path"]]
+        return [builder.build(candidate_conversation(q["question"], split_steps(c)), pixel_values=pv)
+                for c in q["candidates"]]
+
+    result = {
+        "prepare_image": timed_median(lambda q: scorer.prepare_image(data / q["image_path"]), stream, a.warmup,
+                                      no_sync),
+        "build_prompts": timed_median(build, stream, a.warmup, no_sync),
+        "score_pretiled": timed_median(
+            lambda q: scorer.score_candidates(pixels[q["image_path"]], q["question"], q["candidates"]),
+            stream, a.warmup, gpu_sync),
+    }
+    del scorer
+    for prefetch in (0, 2):
+        m = measure_bon8(a.device, model_dir, data, False, a.iters, a.warmup, prefetch=prefetch)
+        result[f"stream_prefetch{prefetch}"] = statistics.median(m["secs"])
+    result = {k: round(v, 4) for k, v in result.items()}
+    result["device"] = torch.cuda.get_device_name() if a.device == "cuda" else "cpu (tiny model)"
+    print(json.dumps(result), flush=True)
+    (out / "bon8_breakdown.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
