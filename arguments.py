@@ -127,10 +127,12 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--gradient_checkpointing", action="store_true", help="recompute activations in backward to save memory")
     g.add_argument("--no_autocast", action="store_true",
                    help="run bf16 steps natively in the weights' dtype instead of under Betty's autocast "
-                        "(no per-op casts, so faster; rounding differs slightly; see bench/RESULTS.md)")
+                        "(no per-op casts: ~10%% faster bi-level iterations on an H100, step probabilities within "
+                        "1e-6 of the autocast path there; see bench/RESULTS.md)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile every vision and language layer (regional; the first iterations pay the "
-                        "compile time; numerics close to eager, not identical; see bench/RESULTS.md)")
+                        "compile time; experimental: on an H100 in bf16 it was barely faster at the DESIGN shape and "
+                        "moved step probabilities by up to 4e-2; see bench/RESULTS.md)")
     g.add_argument("--attn_implementation", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"), help="(default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --weights_path")
     g.add_argument("--keep_checkpoints", type=int, default=2, help="checkpoints kept in --weights_path/checkpoints (default: %(default)s)")
