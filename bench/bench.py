@@ -131,6 +131,23 @@ def build_data(folder: Path, tok) -> None:
 OPTION_FLAGS = {"gc": "--gradient_checkpointing", "noac": "--no_autocast", "compile": "--compile"}
 
 
+def bench_inputs(out: Path, device: str) -> tuple[Path, Path]:
+    """(model folder, data folder) under ``out``: the full-size random-init model (built once) on
+    cuda, the bundled tiny model on cpu; the synthetic data is (re)written for that tokenizer."""
+    from transformers import AutoTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir, data = out / "model", out / "data"
+    if device == "cpu":
+        from dreamprm.tiny import ensure_tiny
+
+        model_dir = ensure_tiny()
+    elif not (model_dir / "config.json").exists():
+        build_model(model_dir)
+    build_data(data, AutoTokenizer.from_pretrained(model_dir))
+    return model_dir, data
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -325,17 +342,7 @@ def main() -> int:
     import transformers
 
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model_dir, data = out / "model", out / "data"
-    if a.device == "cpu":
-        from dreamprm.tiny import ensure_tiny
-
-        model_dir = ensure_tiny()
-    elif not (model_dir / "config.json").exists():
-        build_model(model_dir)
-    from transformers import AutoTokenizer
-
-    build_data(data, AutoTokenizer.from_pretrained(model_dir))
+    model_dir, data = bench_inputs(out, a.device)
     device_name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu (smoke run, tiny model)"
     rows, scores = [], {}
     training = any(base != "bon8" for _, base, _, _ in specs.values())

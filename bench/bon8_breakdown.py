@@ -48,23 +48,14 @@ def main() -> int:
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: tiny model, a smoke run")
     a = ap.parse_args()
 
-    from transformers import AutoTokenizer
-
-    from bench import build_data, build_model, measure_bon8, precision, sync
+    from bench import bench_inputs, measure_bon8, precision, sync
     from dreamprm.bestofn import load_scorer
     from dreamprm.examples import ExampleBuilder
     from dreamprm.prompt import candidate_conversation
     from dreamprm.steps import split_steps
 
     out = Path(a.out)
-    model_dir, data = out / "model", out / "data"
-    if a.device == "cpu":
-        from dreamprm.tiny import ensure_tiny
-
-        model_dir = ensure_tiny()
-    elif not (model_dir / "config.json").exists():
-        build_model(model_dir)
-    build_data(data, AutoTokenizer.from_pretrained(model_dir))
+    model_dir, data = bench_inputs(out, a.device)
     tests = json.loads((data / "test.json").read_text())
     stream = [tests[i % len(tests)] for i in range(a.warmup + a.iters)]
 
@@ -92,7 +83,7 @@ def main() -> int:
             lambda q: scorer.score_candidates(pixels[q["image_path"]], q["question"], q["candidates"]),
             stream, a.warmup, gpu_sync),
     }
-    del scorer
+    scorer = None  # free the model before measure_bon8 loads its own
     for prefetch in (0, 2):
         m = measure_bon8(a.device, model_dir, data, False, a.iters, a.warmup, prefetch=prefetch)
         result[f"stream_prefetch{prefetch}"] = statistics.median(m["secs"])

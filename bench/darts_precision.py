@@ -78,18 +78,14 @@ def compare(got, ref) -> str:
 
 def full_size(out: Path) -> None:
     """2. at full size on the GPU, with bench.py's model and data (built there if missing)."""
-    from transformers import AutoTokenizer
-
     sys.path.insert(0, str(ROOT / "bench"))
-    from bench import build_data, build_model
+    from bench import bench_inputs
     from dreamprm.data import load_records
     from dreamprm.examples import ConversationDataset, ExampleBuilder
     from dreamprm.prm import ProcessRewardModel
     from dreamprm.prompt import label_token_ids
 
-    if not (out / "model" / "config.json").exists():
-        build_model(out / "model")
-    build_data(out / "data", AutoTokenizer.from_pretrained(out / "model"))
+    bench_inputs(out, "cuda")
     prm0 = ProcessRewardModel.from_pretrained(out / "model", precision="fp32")  # kept on the CPU
     # bench.py's model scales the "+"/"-" rows of the LM head by 40 for decisive scores; at that
     # scale p(+) saturates to exactly 0 or 1 in fp32 and every gradient vanishes (a first run gave

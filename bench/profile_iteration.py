@@ -26,13 +26,10 @@ def main() -> int:
     ap.add_argument("--options", default="", help="comma-separated bench options: gc, noac, compile")
     ap.add_argument("--rows", type=int, default=25)
     a = ap.parse_args()
-    from bench import OPTION_FLAGS, build_data, build_model
-    from transformers import AutoTokenizer
+    from bench import OPTION_FLAGS, bench_inputs
 
     out = Path(a.out)
-    if not (out / "model" / "config.json").exists():
-        build_model(out / "model")
-    build_data(out / "data", AutoTokenizer.from_pretrained(out / "model"))
+    bench_inputs(out, "cuda")
     if a.mode == "bon8":
         prof = profile_bon8(out)
     else:
