@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the GPU measurement (bench/RESULTS.md, "Next GPU session"), by phase:
-#   bash bench/gpu_session.sh A|B|C|D   (D: the compiled iteration's profile, not yet taken)
+#   bash bench/gpu_session.sh A|B|C|D   (D: the compiled iteration's profile)
 # Run from the repository root on the GPU machine with the betty wheel in .whl/ (the device tool
 # carries it). Everything a phase produces lands in $OUT (default bench_gpu_out/): rows as they
 # are measured, the log, numerics and profiles; merge the rows into bench/results.json afterwards.
