@@ -78,10 +78,15 @@ def make_scheduler(optimizer, kind: str, total_steps: int, warmup_ratio: float, 
     return None
 
 
-def _atomic_json(path: Path, data) -> None:
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write beside ``path`` and rename over it: a kill mid-write never leaves a torn file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _atomic_json(path: Path, data) -> None:
+    _atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 class Trainer:
@@ -313,9 +318,7 @@ class Trainer:
                 continue
             if isinstance(row, dict) and int(row.get("iteration", 0)) <= start:
                 kept.append(line)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        _atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def _stage(self) -> str:
         if not self.bilevel:
