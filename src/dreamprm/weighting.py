@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .losses import per_instance_mean
 from .prm import StepOutputs
 
 ACTIVATIONS = ("LeakyReLU", "ReLU", "No", "Clip", "sigmoid")
@@ -69,10 +70,7 @@ class InstanceNet(nn.Module):
         if self.detach_input:
             pair = pair.detach()
         per_step = self.mlp(pair.softmax(-1).to(self.mlp[0].weight.dtype)).squeeze(-1)
-        n = index.shape[0]
-        sums = torch.zeros(n, dtype=per_step.dtype, device=per_step.device).index_add(0, steps.batch_index, per_step)
-        counts = torch.bincount(steps.batch_index, minlength=n).clamp(min=1)
-        return torch.sigmoid(sums / counts)
+        return torch.sigmoid(per_instance_mean(per_step, steps.batch_index, index.shape[0]))
 
 
 def build_weight_model(kind: str, train_ids: list[str], domains: list[str], args) -> nn.Module:
