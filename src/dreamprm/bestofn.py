@@ -56,7 +56,6 @@ import sys
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -404,13 +403,8 @@ def accuracy_vs_n(
 
 def plot_curve(curve: dict, path, aggregations: Sequence[str] = AGGREGATION_NAMES) -> Path:
     """Accuracy vs N figure (matplotlib, Agg backend)."""
-    import matplotlib
+    from .figures import plt, save_figure  # figures selects the Agg backend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7.5, 4))
     xs = curve["n"]
     for name in aggregations:
@@ -424,10 +418,7 @@ def plot_curve(curve: dict, path, aggregations: Sequence[str] = AGGREGATION_NAME
     ax.set_xticks(xs)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _ahead(fn, items, depth: int):

@@ -12,6 +12,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def save_figure(fig, out) -> Path:
+    """Lay out, write ``out`` (its folder created) at 120 dpi, and free the figure."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def _moving_average(values: list[float], window: int) -> list[float]:
     out, total = [], 0.0
     for i, v in enumerate(values):
@@ -36,11 +46,7 @@ def plot_losses(metrics_path: Path, out: Path) -> Path:
     ax.set_yscale("log")
     ax.legend()
     ax.set_title("Training losses")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_weights(weights: dict[str, float], domain_of: dict[str, str], out: Path, title: str) -> Path:
@@ -58,8 +64,4 @@ def plot_weights(weights: dict[str, float], domain_of: dict[str, str], out: Path
     right.set_ylabel("mean weight")
     right.set_title("mean weight per domain")
     right.tick_params(axis="x", rotation=45)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
