@@ -76,12 +76,36 @@ def compare(got, ref) -> str:
     return f"cosine {cos:.3f}, centred {centred:.3f}, norm ratio {got.norm() / ref.norm():.2f}"
 
 
+def datasets(prm0, folder: Path, max_patch_num: int, n_train: int, n_meta: int):
+    """The first ``n_train`` training and ``n_meta`` meta records of ``folder``'s sample files."""
+    from dreamprm.data import load_records
+    from dreamprm.examples import ConversationDataset, ExampleBuilder
+
+    builder = ExampleBuilder(prm0.processor, max_patch_num)
+    train, _ = load_records(folder / "train.json", "train")
+    meta, _ = load_records(folder / "meta.json", "meta")
+    return (ConversationDataset(train[:n_train], folder / "train.json", builder),
+            ConversationDataset(meta[:n_meta], folder / "meta.json", builder))
+
+
+def sweep(prm0, train_set, meta_set, scale: float = 1.0, batch: int = 8, device: str = "cpu") -> None:
+    """Print bf16 against fp32 at darts' R = 0.01, 0.1, 1 (each × ``scale``), and fp32 against
+    fp32 at R = 0.01."""
+    def hypergradient(dtype, R):
+        return table_hypergradient(prm0, train_set, meta_set, dtype, R * scale, batch, device)
+
+    small = hypergradient(torch.float32, 0.01)
+    for R in (0.01, 0.1, 1.0):
+        ref = small if R == 0.01 else hypergradient(torch.float32, R)
+        got = hypergradient(torch.bfloat16, R)
+        print(f"   R = {R:<5g} bf16 vs fp32: {compare(got, ref)};  fp32 vs fp32 at R = 0.01: {compare(ref, small)}",
+              flush=True)
+
+
 def full_size(out: Path) -> None:
     """2. at full size on the GPU, with bench.py's model and data (built there if missing)."""
     sys.path.insert(0, str(ROOT / "bench"))
     from bench import bench_inputs
-    from dreamprm.data import load_records
-    from dreamprm.examples import ConversationDataset, ExampleBuilder
     from dreamprm.prm import ProcessRewardModel
     from dreamprm.prompt import label_token_ids
 
@@ -93,18 +117,9 @@ def full_size(out: Path) -> None:
     plus, minus = label_token_ids(prm0.processor.tokenizer)
     with torch.no_grad():
         prm0.model.lm_head.weight[[plus, minus]] *= 3 / 40
-    builder = ExampleBuilder(prm0.processor, 6)
-    train, _ = load_records(out / "data" / "train.json", "train")
-    meta, _ = load_records(out / "data" / "meta.json", "meta")
-    train_set = ConversationDataset(train[:2], out / "data" / "train.json", builder)
-    meta_set = ConversationDataset(meta[:1], out / "data" / "meta.json", builder)
+    train_set, meta_set = datasets(prm0, out / "data", 6, 2, 1)
     print("2. full-size random-init InternVL3-1B, Instance Table darts hypergradient, bf16 vs fp32 weights")
-    small = table_hypergradient(prm0, train_set, meta_set, torch.float32, 0.01, 2, "cuda")
-    for R in (0.01, 0.1, 1.0):
-        ref = small if R == 0.01 else table_hypergradient(prm0, train_set, meta_set, torch.float32, R, 2, "cuda")
-        got = table_hypergradient(prm0, train_set, meta_set, torch.bfloat16, R, 2, "cuda")
-        print(f"   R = {R:<5g} bf16 vs fp32: {compare(got, ref)};  fp32 vs fp32 at R = 0.01: {compare(ref, small)}",
-              flush=True)
+    sweep(prm0, train_set, meta_set, batch=2, device="cuda")
 
 
 def main() -> int:
@@ -116,8 +131,6 @@ def main() -> int:
     ap.add_argument("--out", default="bench_out", help="bench.py's output folder (model, data)")
     a = ap.parse_args()
 
-    from dreamprm.data import load_records
-    from dreamprm.examples import ConversationDataset, ExampleBuilder
     from dreamprm.prm import ProcessRewardModel
     from dreamprm.tiny import ensure_tiny
 
@@ -134,19 +147,10 @@ def main() -> int:
     with torch.no_grad():  # sharper label logits, as in the trainer's hypergradient test
         prm0.model.lm_head.weight.mul_(3)
     n = sum(p.numel() for p in prm0.parameters())
-    builder = ExampleBuilder(prm0.processor, 2)
-    train, _ = load_records(ROOT / "data" / "train.json", "train")
-    meta, _ = load_records(ROOT / "data" / "meta.json", "meta")
-    train_set = ConversationDataset(train[:8], ROOT / "data" / "train.json", builder)
-    meta_set = ConversationDataset(meta[:4], ROOT / "data" / "meta.json", builder)
+    train_set, meta_set = datasets(prm0, ROOT / "data", 2, 8, 4)
     print(f"2. tiny model ({n} weights), Instance Table darts hypergradient, bf16 vs fp32 weights,")
     print("   R scaled to the full-size model's per-weight perturbation")
-    small = table_hypergradient(prm0, train_set, meta_set, torch.float32, 0.01 * (n / FULL_SIZE) ** 0.5)
-    for R in (0.01, 0.1, 1.0):
-        alpha = R * (n / FULL_SIZE) ** 0.5
-        ref = table_hypergradient(prm0, train_set, meta_set, torch.float32, alpha)
-        got = table_hypergradient(prm0, train_set, meta_set, torch.bfloat16, alpha)
-        print(f"   R = {R:<5g} bf16 vs fp32: {compare(got, ref)};  fp32 vs fp32 at R = 0.01: {compare(ref, small)}")
+    sweep(prm0, train_set, meta_set, scale=(n / FULL_SIZE) ** 0.5)
     return 0
 
 
