@@ -582,9 +582,20 @@ def test_keep_checkpoints_flag(tmp_path):
 
 # -- (d) non-finite losses -------------------------------------------------------------------
 
-def _nan_on(monkeypatch, iterations, trainer_box):
+def _nan_on(monkeypatch, iterations) -> dict:
+    """Make the lower loss NaN at ``iterations`` (None: always); returns a dict that holds the
+    run's Trainer under "trainer" once it is built."""
     import dreamprm.problems as problems
+    import dreamprm.trainer as trainer_mod
 
+    trainer_box: dict = {}
+    real_init = trainer_mod.Trainer.__init__
+
+    def init(self, args):
+        real_init(self, args)
+        trainer_box["trainer"] = self
+
+    monkeypatch.setattr(trainer_mod.Trainer, "__init__", init)
     real = problems.instance_losses
 
     def losses(*args, **kwargs):
@@ -595,6 +606,7 @@ def _nan_on(monkeypatch, iterations, trainer_box):
         return out
 
     monkeypatch.setattr(problems, "instance_losses", losses)
+    return trainer_box
 
 
 def _params(trainer) -> dict:
@@ -603,22 +615,12 @@ def _params(trainer) -> dict:
 
 @pytest.mark.parametrize("mode", ["--baseline", "bilevel"])
 def test_nan_loss_is_skipped_and_counted(monkeypatch, tmp_path, mode):
-    box: dict = {}
-    _nan_on(monkeypatch, {2}, box)
+    _nan_on(monkeypatch, {2})
     after: dict = {}  # PRM parameters after each iteration
 
     def each(trainer, it):
         after[it] = _params(trainer)
 
-    import dreamprm.trainer as trainer_mod
-
-    real_init = trainer_mod.Trainer.__init__
-
-    def init(self, args):
-        real_init(self, args)
-        box["trainer"] = self
-
-    monkeypatch.setattr(trainer_mod.Trainer, "__init__", init)
     extra = ("--baseline",) if mode == "--baseline" else ()
     trainer = _run(tmp_path / "n", "--iteration_num", "3", "--save_every_iterations", "3", *extra, each=each)
     rows = _metrics(tmp_path / "n")
@@ -643,15 +645,7 @@ def test_persistent_nan_stops_the_run(monkeypatch, tmp_path, capsys):
     import dreamprm.trainer as trainer_mod
     import train
 
-    box: dict = {}
-    _nan_on(monkeypatch, None, box)
-    real_init = trainer_mod.Trainer.__init__
-
-    def init(self, args):
-        real_init(self, args)
-        box["trainer"] = self
-
-    monkeypatch.setattr(trainer_mod.Trainer, "__init__", init)
+    _nan_on(monkeypatch, None)
     w = tmp_path / "d"
     rc = train.main(_argv(w, "--iteration_num", "10", "--save_every_iterations", "10", "--max_bad_steps", "2",
                           "--baseline"))
