@@ -85,13 +85,21 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=1, help="random seed: data order and initialisation (default: %(default)s)")
     g.add_argument("--local_rank", type=int, default=0, help="kept for upstream compatibility; unused")
 
+    g = p.add_argument_group("optimizer (both levels)")
+    g.add_argument("--optimizer", default="adamw_hf", choices=("adamw_hf", "adamw_torch"),
+                   help="adamw_hf: the AdamW of transformers 4.x that the public DreamPRM-1.5 code trains with "
+                        "(eps added before bias correction, weight decay after the update); adamw_torch: "
+                        "torch.optim.AdamW's algorithm, as DreamPRM's code (default: %(default)s)")
+    g.add_argument("--adam_epsilon", type=float, default=None,
+                   help="Adam epsilon (default: 1e-6 for adamw_hf, 1e-8 for adamw_torch: each library's default)")
+
     g = p.add_argument_group("lower level (PRM)")
     g.add_argument("--lr", type=float, default=5e-5, help="learning rate (default: %(default)s)")
     g.add_argument("--momentum", type=float, default=0.9, help="Adam beta1 (default: %(default)s)")
     g.add_argument("--weight_decay", type=float, default=0.01, help="decoupled weight decay (default: %(default)s)")
     g.add_argument("--batch_size", type=int, default=1, help="instances per step (default: %(default)s)")
-    g.add_argument("--scheduler_step_size", type=int, default=1000, help="StepLR period when --scheduler_type step (default: %(default)s)")
-    g.add_argument("--scheduler_gamma", type=float, default=0.95, help="StepLR factor when --scheduler_type step (default: %(default)s)")
+    g.add_argument("--scheduler_step_size", type=int, default=1000, help="StepLR period when --scheduler_type step_lr (default: %(default)s)")
+    g.add_argument("--scheduler_gamma", type=float, default=0.95, help="StepLR factor when --scheduler_type step_lr (default: %(default)s)")
     g.add_argument("--lower_loss", default="ce", choices=("ce", "mse"), help="per-step loss: cross-entropy (paper) or DreamPRM MSE (default: %(default)s)")
 
     g = p.add_argument_group("upper level (instance weights)")
@@ -106,15 +114,24 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--reweighting", default="table", choices=("table", "net", "domain"),
                    help="Instance Table, Instance Net, or DreamPRM's Domain Table (default: %(default)s)")
     g.add_argument("--retrain", type=_flag_bool, default=False, help="1 = plain SFT of the lower level (cold start) (default: %(default)s)")
-    g.add_argument("--activation_function", default="LeakyReLU", choices=("LeakyReLU", "ReLU", "No", "Clip", "sigmoid"),
-                   help="table weight activation (default: %(default)s)")
+    g.add_argument("--activation_function", default=None, choices=("LeakyReLU", "ReLU", "No", "Clip", "sigmoid"),
+                   help="activation of the table entries / of the Instance Net's output (default: Clip for the "
+                        "table, as the public run_table.sh and paper section 2.2; sigmoid for the net, as "
+                        "run_net.sh; the Domain Table has none: DreamPRM's softplus / mean normalisation)")
     g.add_argument("--aggregation_function", default="mean", choices=("mean", "log_mean", "max", "min", "log_odds"),
-                   help="step-score aggregation in the meta loss (default: %(default)s)")
+                   help="step-score aggregation in the meta loss; log_odds is DreamPRM's sigmoid of the mean "
+                        "step log-odds (default: %(default)s)")
     g.add_argument("--loss_target", default="both", choices=("both", "+"), help="meta loss target (default: %(default)s)")
-    g.add_argument("--initialization", type=float, default=1.0, help="initial raw table weight (default: %(default)s)")
+    g.add_argument("--initialization", type=float, default=None,
+                   help="initial raw table weight (default: 1.0 for the Instance Table, 0.0 for the Domain Table)")
     g.add_argument("--max_patch_num", type=int, default=6, help="maximum image tiles in training (default: %(default)s)")
     g.add_argument("--scheduler_type", default="cosine_schedule_with_warmup",
-                   choices=("cosine_schedule_with_warmup", "step", "constant"), help="both levels (default: %(default)s)")
+                   choices=("cosine_schedule_with_warmup", "step_lr", "step", "constant"),
+                   help="learning-rate schedule of both levels; step_lr (upstream's name; 'step' is the same) is "
+                        "StepLR with --scheduler_step_size/--scheduler_gamma (default: %(default)s)")
+    g.add_argument("--meta_scheduler_type", default=None,
+                   choices=("cosine_schedule_with_warmup", "step_lr", "step", "constant"),
+                   help="the upper level's schedule when it differs (DreamPRM: constant) (default: --scheduler_type)")
     g.add_argument("--warmup_ratio", type=float, default=0.05, help="linear warm-up share of the cosine schedule (default: %(default)s)")
     g.add_argument("--hidden_dim", type=int, default=10, help="Instance Net hidden width (default: %(default)s)")
     g.add_argument("--detach_net_input", action="store_true", help="stop gradients from the Instance Net into the PRM")

@@ -21,7 +21,7 @@ from dreamprm.losses import instance_losses, meta_loss
 from dreamprm.prm import ProcessRewardModel
 from dreamprm.problems import IterationEngine, LowerProblem, UpperProblem
 from dreamprm.trainer import Trainer, write_figures
-from dreamprm.weighting import WeightTable
+from dreamprm.weighting import DomainTable, WeightTable
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -186,8 +186,7 @@ def _small_bilevel_setup(tiny_dir, kind):
         from dreamprm.weighting import InstanceNet
         weights = InstanceNet(hidden_dim=4)
     else:
-        keys = train_set.ids if kind == "table" else train_set.domains
-        weights = WeightTable(keys, 1.0, "LeakyReLU", by="index" if kind == "table" else "domain")
+        weights = WeightTable(train_set.ids, 1.0, "LeakyReLU") if kind == "table" else DomainTable(train_set.domains)
     return prm, weights, train_set, meta_set
 
 

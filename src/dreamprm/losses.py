@@ -35,7 +35,8 @@ def aggregate(p: torch.Tensor, batch_index: torch.Tensor, n: int, how: str) -> t
     """Aggregate step probabilities into one score in [0, 1] per CoT (differentiable).
 
     ``log_mean`` is the geometric mean exp(mean log p), so the score stays a probability;
-    ``log_odds`` is DreamPRM's sigmoid(sum log(p / (1 - p))).
+    ``log_odds`` is DreamPRM's sigmoid(mean log(p / (1 - p))): its public code averages the
+    log-odds over the steps (the paper writes the sum; the code made its numbers).
     """
     if how == "mean":
         return per_instance_mean(p, batch_index, n)
@@ -48,8 +49,7 @@ def aggregate(p: torch.Tensor, batch_index: torch.Tensor, n: int, how: str) -> t
         return out.scatter_reduce(0, batch_index, p, reduce=reduce, include_self=True)
     if how == "log_odds":
         q = p.clamp(EPS, 1 - EPS)
-        total = torch.zeros(n, dtype=p.dtype, device=p.device).index_add(0, batch_index, (q / (1 - q)).log())
-        return torch.sigmoid(total)
+        return torch.sigmoid(per_instance_mean((q / (1 - q)).log(), batch_index, n))
     raise ValueError(f"unknown aggregation {how!r}; choose from {AGGREGATIONS}")
 
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import load_records
 from .examples import BatchStream, ConversationDataset, ExampleBuilder
+from .optim import make_optimizer, make_scheduler
 from .prm import ProcessRewardModel
 from .problems import IterationEngine, LowerProblem, UpperProblem, problem_config
 from .weighting import build_weight_model
@@ -56,26 +57,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def make_optimizer(params, lr: float, weight_decay: float, momentum: float, device: str):
-    # Adam with decoupled weight decay is AdamW; Betty rebuilds optimizers from `.defaults`,
-    # which torch.optim.AdamW no longer survives, so this spelling is used (DESIGN §2).
-    return torch.optim.Adam(
-        params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay,
-        decoupled_weight_decay=True, fused=str(device).startswith("cuda"),
-    )
-
-
-def make_scheduler(optimizer, kind: str, total_steps: int, warmup_ratio: float, step_size: int, gamma: float):
-    if kind == "cosine_schedule_with_warmup":
-        from transformers import get_cosine_schedule_with_warmup
-
-        warmup = int(round(warmup_ratio * total_steps))
-        return get_cosine_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
-    if kind == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
-    return None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -127,7 +108,9 @@ class Trainer:
             print(meta_report.summary())
             meta_set = ConversationDataset(meta_records, args.meta_json_file, builder, domains=self.train_set.domains)
             self.meta_stream = BatchStream(meta_set, args.meta_batch_size, args.seed + 1, pad_id, workers, pin)
-            self.weight_model = build_weight_model(args.reweighting, self.train_set.ids, self.train_set.domains, args)
+            self.weight_model = build_weight_model(
+                args.reweighting, self.train_set.ids, self.train_set.domains, args.activation_function,
+                args.initialization, args.hidden_dim, args.detach_net_input)
             self.weight_model.to(self.device)
         self.net_seen: dict[str, dict] = {}
         self.metrics_file = None
@@ -137,7 +120,8 @@ class Trainer:
     # -- construction --------------------------------------------------------------------
     def _build_engine(self) -> IterationEngine:
         a = self.args
-        lower_opt = make_optimizer(self.prm.parameters(), a.lr, a.weight_decay, a.momentum, self.device)
+        lower_opt = make_optimizer(self.prm.parameters(), a.optimizer, a.lr, a.weight_decay, a.momentum,
+                                   a.adam_epsilon, self.device)
         lower_sched = make_scheduler(lower_opt, a.scheduler_type, a.iteration_num, a.warmup_ratio,
                                      a.scheduler_step_size, a.scheduler_gamma)
         self.lower = LowerProblem("lower", problem_config(a, upper=False), self.prm, lower_opt, lower_sched,
@@ -146,9 +130,9 @@ class Trainer:
         self.upper = None
         if self.bilevel:
             upper_steps = max(a.iteration_num // (a.unroll_steps * a.gradiant_accumulation), 1)
-            meta_opt = make_optimizer(self.weight_model.parameters(), a.meta_lr, a.meta_weight_decay,
-                                      a.meta_momentum, self.device)
-            meta_sched = make_scheduler(meta_opt, a.scheduler_type, upper_steps, a.warmup_ratio,
+            meta_opt = make_optimizer(self.weight_model.parameters(), a.optimizer, a.meta_lr, a.meta_weight_decay,
+                                      a.meta_momentum, a.adam_epsilon, self.device)
+            meta_sched = make_scheduler(meta_opt, a.meta_scheduler_type or a.scheduler_type, upper_steps, a.warmup_ratio,
                                         a.meta_scheduler_step_size, a.meta_scheduler_gamma)
             self.upper = UpperProblem("upper", problem_config(a, upper=True), self.weight_model, meta_opt,
                                       meta_sched, self.meta_stream, a.aggregation_function, a.loss_target,
@@ -344,8 +328,12 @@ def write_figures(trainer: Trainer) -> list[Path]:
 
 
 def check_finite_config(args) -> None:
-    for name in ("lr", "meta_lr", "weight_decay", "meta_weight_decay"):
-        if not math.isfinite(getattr(args, name)):
+    for name in ("lr", "meta_lr", "weight_decay", "meta_weight_decay", "adam_epsilon"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
             raise SystemExit(f"error: --{name} must be finite")
+    if args.reweighting == "domain" and args.activation_function is not None:
+        raise SystemExit("error: --activation_function does not apply to --reweighting domain: DreamPRM's "
+                         "Domain Table weighs domains by softplus(raw) / mean(softplus(raw))")
     if args.save_every_iterations < 1 or args.iteration_num < 1:
         raise SystemExit("error: --iteration_num and --save_every_iterations must be >= 1")

@@ -1,4 +1,4 @@
-"""The upper-level weight models: Instance Table, Domain Table (DreamPRM), Instance Net.
+"""The upper-level weight models: Instance Table, Instance Net, and DreamPRM's Domain Table.
 
 Each is an ``nn.Module`` whose ``forward`` maps a training batch (and, for the net, the PRM's
 step outputs on it) to one weight per instance. Only their parameters are meta-trained.
@@ -31,21 +31,17 @@ def activate(raw: torch.Tensor, name: str) -> torch.Tensor:
 
 
 class WeightTable(nn.Module):
-    """One learnable raw weight per key (a training instance, or a dataset for the Domain Table)."""
+    """The Instance Table: one learnable raw weight per training instance, through ``activation``."""
 
-    def __init__(self, keys: list[str], initialization: float = 1.0, activation: str = "LeakyReLU", by: str = "index"):
+    def __init__(self, keys: list[str], initialization: float = 1.0, activation: str = "Clip"):
         super().__init__()
-        if by not in ("index", "domain"):
-            raise ValueError("by must be 'index' or 'domain'")
         activate(torch.zeros(1), activation)  # fail early on a bad name
         self.keys = list(keys)
-        self.by = by
         self.activation = activation
         self.raw = nn.Parameter(torch.full((len(self.keys),), float(initialization)))
 
     def forward(self, index: torch.Tensor, domain: torch.Tensor, steps: StepOutputs | None = None) -> torch.Tensor:
-        rows = index if self.by == "index" else domain
-        return activate(self.raw[rows.to(self.raw.device)], self.activation)
+        return activate(self.raw[index.to(self.raw.device)], self.activation)
 
     def effective(self) -> dict[str, float]:
         with torch.no_grad():
@@ -53,16 +49,46 @@ class WeightTable(nn.Module):
         return dict(zip(self.keys, values))
 
 
+class DomainTable(nn.Module):
+    """DreamPRM's Domain Table: one raw weight per dataset, starting at 0 (``initialization``).
+
+    A domain's weight is ``softplus(raw) / mean(softplus(raw))`` over all domains: always
+    positive, and the weights average to 1 whatever the raw values, so the lower loss keeps its
+    scale while domains trade weight among themselves.
+    """
+
+    def __init__(self, domains: list[str], initialization: float = 0.0):
+        super().__init__()
+        self.keys = list(domains)
+        self.raw = nn.Parameter(torch.full((len(self.keys),), float(initialization)))
+
+    def normalised(self) -> torch.Tensor:
+        positive = nn.functional.softplus(self.raw)
+        return positive / positive.mean()
+
+    def forward(self, index: torch.Tensor, domain: torch.Tensor, steps: StepOutputs | None = None) -> torch.Tensor:
+        return self.normalised()[domain.to(self.raw.device)]
+
+    def effective(self) -> dict[str, float]:
+        with torch.no_grad():
+            values = self.normalised().detach().float().tolist()
+        return dict(zip(self.keys, values))
+
+
 class InstanceNet(nn.Module):
-    """Per step: softmax(logit+, logit-) -> Linear(2, h) -> LeakyReLU -> Linear(h, 1); mean; sigmoid.
+    """Per step: softmax(logit+, logit-) -> Linear(2, h) -> LeakyReLU -> Linear(h, 1); mean over
+    the instance's steps; then ``activation`` (``--activation_function``; the public run script
+    passes ``sigmoid``).
 
     Its size does not grow with the data. By default its input is not detached from the PRM
     (as the public code); ``detach_input=True`` stops gradients into the PRM through it.
     """
 
-    def __init__(self, hidden_dim: int = 10, detach_input: bool = False):
+    def __init__(self, hidden_dim: int = 10, detach_input: bool = False, activation: str = "sigmoid"):
         super().__init__()
+        activate(torch.zeros(1), activation)  # fail early on a bad name
         self.detach_input = detach_input
+        self.activation = activation
         self.mlp = nn.Sequential(nn.Linear(2, hidden_dim), nn.LeakyReLU(), nn.Linear(hidden_dim, 1))
 
     def forward(self, index: torch.Tensor, domain: torch.Tensor, steps: StepOutputs) -> torch.Tensor:
@@ -70,14 +96,27 @@ class InstanceNet(nn.Module):
         if self.detach_input:
             pair = pair.detach()
         per_step = self.mlp(pair.softmax(-1).to(self.mlp[0].weight.dtype)).squeeze(-1)
-        return torch.sigmoid(per_instance_mean(per_step, steps.batch_index, index.shape[0]))
+        return activate(per_instance_mean(per_step, steps.batch_index, index.shape[0]), self.activation)
 
 
-def build_weight_model(kind: str, train_ids: list[str], domains: list[str], args) -> nn.Module:
+# What --activation_function / --initialization mean when not given, per weight model: the
+# values the public run scripts pass (run_table.sh: Clip, as paper section 2.2; run_net.sh:
+# sigmoid) and DreamPRM's Domain Table start (raw 0, no activation: softplus normalisation).
+DEFAULT_ACTIVATION = {"table": "Clip", "net": "sigmoid", "domain": None}
+DEFAULT_INITIALIZATION = {"table": 1.0, "net": None, "domain": 0.0}
+
+
+def build_weight_model(kind: str, train_ids: list[str], domains: list[str], activation: str | None = None,
+                       initialization: float | None = None, hidden_dim: int = 10,
+                       detach_net_input: bool = False) -> nn.Module:
+    """The upper-level model for ``--reweighting`` ``kind``; None means the method's default."""
+    if kind not in DEFAULT_ACTIVATION:
+        raise ValueError(f"unknown reweighting {kind!r}")
+    activation = activation or DEFAULT_ACTIVATION[kind]
+    if initialization is None:
+        initialization = DEFAULT_INITIALIZATION[kind]
     if kind == "table":
-        return WeightTable(train_ids, args.initialization, args.activation_function, by="index")
+        return WeightTable(train_ids, initialization, activation)
     if kind == "domain":
-        return WeightTable(domains, args.initialization, args.activation_function, by="domain")
-    if kind == "net":
-        return InstanceNet(args.hidden_dim, args.detach_net_input)
-    raise ValueError(f"unknown reweighting {kind!r}")
+        return DomainTable(domains, initialization)
+    return InstanceNet(hidden_dim, detach_net_input, activation)
