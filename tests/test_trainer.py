@@ -274,19 +274,39 @@ def test_no_autocast_skips_bettys_autocast_for_both_levels(tmp_path, tiny_dir, m
     assert (tmp_path / "w" / "metrics.jsonl").read_text().count("\n") == 1
 
 
-@pytest.mark.parametrize("script", ["run_coldstart.sh", "run_table.sh", "run_net.sh"])
-def test_run_scripts_pass_extra_arguments_through(tmp_path, tiny_dir, script):
+# What each run script must pass: the public scripts' settings (DreamPRM's main.py for the domain
+# run), the paper's where the two differ (the scripts say which in a comment).
+SCRIPT_SETTINGS = {
+    "run_coldstart.sh": {"retrain": True, "lr": 5e-5, "weight_decay": 5e-2, "optimizer": "adamw_hf"},
+    "run_table.sh": {"reweighting": "table", "meta_lr": 5e-3, "activation_function": "Clip",
+                     "optimizer": "adamw_hf", "max_patch_num": 6},
+    "run_net.sh": {"reweighting": "net", "meta_lr": 5e-4, "activation_function": "sigmoid", "max_patch_num": 5,
+                   "hidden_dim": 10, "optimizer": "adamw_hf"},
+    "run_domain.sh": {"reweighting": "domain", "lr": 5e-7, "optimizer": "adamw_torch", "lower_loss": "mse",
+                      "scheduler_type": "step_lr", "scheduler_step_size": 5000, "scheduler_gamma": 0.5,
+                      "meta_lr": 1e-2, "meta_weight_decay": 1e-3, "meta_scheduler_type": "constant",
+                      "aggregation_function": "log_odds", "loss_target": "+", "unroll_steps": 5,
+                      "gradiant_clipping": 0.0, "activation_function": None},
+}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPT_SETTINGS))
+def test_run_scripts_carry_their_settings_and_pass_extra_arguments_through(tmp_path, tiny_dir, script):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=sys.executable)
+    iterations = "5" if script == "run_domain.sh" else "2"  # one upper step per 5 lower steps
     cmd = ["bash", str(ROOT / script), "--reward_model", "tiny", "--device", "cpu", "--precision", "fp32",
-           "--iteration_num", "2", "--weights_path", str(out), "--figs_dir", str(tmp_path / "figs"),
+           "--iteration_num", iterations, "--weights_path", str(out), "--figs_dir", str(tmp_path / "figs"),
            "--train_json_file", str(DATA / "coldstart.json" if "cold" in script else DATA / "train.json"),
            "--meta_json_file", str(DATA / "meta.json"), "--no_progress"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     saved = json.loads((out / "train_args.json").read_text())
-    assert saved["iteration_num"] == 2 and saved["reward_model"] == "tiny" and saved["device"] == "cpu"
-    expected = {"run_coldstart.sh": ("retrain", True), "run_table.sh": ("meta_lr", 5e-3),
-                "run_net.sh": ("meta_lr", 5e-4)}[script]
-    assert saved[expected[0]] == expected[1]
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert saved["iteration_num"] == int(iterations) and saved["reward_model"] == "tiny" and saved["device"] == "cpu"
+    assert {k: saved[k] for k in SCRIPT_SETTINGS[script]} == SCRIPT_SETTINGS[script]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == int(iterations)
+    if script == "run_domain.sh":
+        assert [("meta_loss" in r) for r in rows] == [False] * 4 + [True]
+        weights = json.loads((out / "instance_weights.json").read_text())
+        assert sum(weights.values()) == pytest.approx(len(weights))  # normalised to mean 1
