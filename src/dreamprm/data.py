@@ -30,6 +30,7 @@ class LoadReport:
     positives: int = 0
     negatives: int = 0
     true_count: int = 0
+    repeated_ids: int = 0  # records whose id an earlier record already carries (meta/test only)
     domains: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
 
@@ -43,20 +44,31 @@ class LoadReport:
             text += f", {self.true_count} correct / {self.records - self.true_count} wrong CoTs"
         if self.domains:
             text += f", {len(self.domains)} domains"
+        if self.repeated_ids:
+            text += (f"; {self.repeated_ids} records repeat an earlier record's id (fine in a {self.kind} file: "
+                     "only training ids key weights)")
         if self.skipped:
             text += f"; skipped {self.skipped} bad records"
         return text
 
 
 def resolve_image(path_value: str, json_path: str | os.PathLike) -> Path:
-    """Image paths are relative to the JSON file's folder, else to the working directory."""
+    """Image paths are relative to the JSON file's folder, else to the working directory.
+
+    A last resort reads ``../x`` as upstream's meta loader does: it opens ``path[1:]``, so its
+    published meta file's ``../data/meta_images/...`` means ``./data/meta_images/...`` from the
+    working directory (the same place as "beside the JSON" when the file sits in ``data/``)."""
     p = Path(path_value)
     if p.is_absolute():
         return p
     beside = Path(json_path).parent / p
     if beside.exists():
         return beside
-    return p if p.exists() else beside
+    if p.exists():
+        return p
+    if path_value.startswith("../") and Path(path_value[1:]).exists():
+        return Path(path_value[1:])
+    return beside
 
 
 def _image_problem(path: Path) -> str | None:
@@ -161,7 +173,11 @@ def load_records(
     check_images: bool = True,
     max_errors: int = 20,
 ) -> tuple[list[dict], LoadReport]:
-    """Load and validate a JSON list of records; raise one DataError listing every problem."""
+    """Load and validate a JSON list of records; raise one DataError listing every problem.
+
+    Training ids must be unique (they key the Instance Table). Meta and test files may repeat
+    an id (upstream's published meta file holds 4 CoTs per question under one id); the report
+    counts the repeats."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
     path = str(path)
@@ -181,10 +197,12 @@ def load_records(
         problems, pos, neg = _check_record(rec, kind, path, check_images)
         if isinstance(rec, dict) and "id" in rec and isinstance(rec["id"], (str, int)):
             key = str(rec["id"])
-            if key in seen_ids:
+            if key not in seen_ids:
+                seen_ids[key] = i
+            elif kind == "train":
                 problems.append(f"field 'id': duplicate of record {seen_ids[key]}")
             else:
-                seen_ids[key] = i
+                report.repeated_ids += 1
         if problems:
             report.skipped += 1
             for p in problems:
