@@ -369,7 +369,6 @@ CASES = [
      "record 1 (id 'test_001'): field 'true_false': {m} values for {n} candidates"),
     ("test", lambda r, i: r[i]["true_false"].__setitem__(0, 1),
      "record 1 (id 'test_001'): field 'true_false': must be a list of booleans"),
-    ("test", _set("id", "test_000"), "record 1 (id 'test_000'): field 'id': duplicate of record 0"),
     ("train", lambda r, i: r.__setitem__(i, "oops"), "record 1: must be an object, got str"),
 ]
 
