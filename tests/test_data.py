@@ -108,3 +108,25 @@ def test_a_meta_file_shaped_like_upstreams_trains(tmp_path, tiny_dir, monkeypatc
     assert "12 meta records" in out and "9 records repeat" in out
     rows = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all("meta_loss" in r for r in rows)
+
+
+def test_more_than_one_image_placeholder_is_a_clear_record_error(tmp_path):
+    """Upstream puts the image at a literal '<image>' and asserts there is at most one: a record
+    with two is reported at load time, not deep inside a training run."""
+    meta = json.loads((DATA / "meta.json").read_text())[:2]
+    for r in meta:
+        r["image"] = str(DATA / r["image"])
+    meta[1]["conversations"][1]["value"] += " <image> and <image>"
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"record 1 .*field 'conversations': 2 '<image>' placeholders"):
+        load_records(tmp_path / "meta.json", "meta")
+    test = json.loads((DATA / "test.json").read_text())[:1]
+    test[0]["image_path"] = str(DATA / test[0]["image_path"])
+    test[0]["question"] += " <image>"
+    test[0]["candidates"][1] += " see <image>"
+    (tmp_path / "test.json").write_text(json.dumps(test))
+    with pytest.raises(DataError, match=r"record 0 .*field 'candidates\[1\]'"):
+        load_records(tmp_path / "test.json", "test")
+    test[0]["candidates"][1] = "no placeholder"
+    (tmp_path / "test.json").write_text(json.dumps(test))
+    assert len(load_records(tmp_path / "test.json", "test")[0]) == 1  # one '<image>' is fine

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 KINDS = ("train", "meta", "test")
+IMAGE_PLACEHOLDER = "<image>"  # the prompt's image slot (see prompt.py): at most one per conversation
 
 
 class DataError(ValueError):
@@ -115,6 +116,10 @@ def _check_conversations(rec: dict, kind: str) -> tuple[list[str], int, int]:
             problems.append(f"{where}: a system turn may only come first")
     if pos + neg == 0 and not problems:
         problems.append("field 'conversations': no step (no gpt turn)")
+    placeholders = sum(t["value"].count(IMAGE_PLACEHOLDER) for t in conv
+                       if isinstance(t, dict) and isinstance(t.get("value"), str))
+    if placeholders > 1:
+        problems.append(f"field 'conversations': {placeholders} '{IMAGE_PLACEHOLDER}' placeholders for one image")
     return problems, pos, neg
 
 
@@ -156,6 +161,13 @@ def _check_record(rec, kind: str, json_path, check_images: bool) -> tuple[list[s
         problems.append("field 'true_false': must be a list of booleans")
     elif isinstance(cands, list) and len(cands) != len(tf):
         problems.append(f"field 'true_false': {len(tf)} values for {len(cands)} candidates")
+    if isinstance(rec.get("question"), str) and isinstance(cands, list):
+        in_question = rec["question"].count(IMAGE_PLACEHOLDER)
+        for j, cand in enumerate(cands):
+            if isinstance(cand, str) and in_question + cand.count(IMAGE_PLACEHOLDER) > 1:
+                problems.append(f"field 'candidates[{j}]': the question and candidate hold more than one "
+                                f"'{IMAGE_PLACEHOLDER}' placeholder for one image")
+                break
     if problems:
         return problems, 0, 0
     return problems, sum(tf), len(tf) - sum(tf)

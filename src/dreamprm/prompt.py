@@ -1,13 +1,32 @@
-"""The PRM conversation: ChatML rendering, image placeholder, and the label positions.
+"""The PRM conversation: upstream's exact prompt text, image placeholder, and label positions.
 
 A PRM conversation is (DESIGN §2): system = the PRM system prompt; user = ``### Question:\\n{q}``;
-then per step: user = step text, assistant = ``+`` or ``-``. Rendered in InternVL's
-``internvl2_5`` (ChatML) template, each message ``<|im_start|>{role}\\n{text}<|im_end|>\\n``.
-The image goes right after the first ``<|im_start|>user\\n`` as ``<img>`` + ``<IMG_CONTEXT>`` ×
-(tokens per tile × tiles) + ``</img>``, followed by a newline as InternVL's own chat code does.
+then per step: user = step text, assistant = ``+`` or ``-``. Every id here must be the one
+upstream DreamPRM-1.5 (``utils.py``: the ``internvl2_5`` conversation template,
+``input_processing``, ``find_placeholder_idx``) feeds its model, because the released
+checkpoints were trained and evaluated on exactly those tokens; a single shifted token changes
+what every later position sees. So, following upstream:
 
-The logit at the last token of ``<|im_start|>assistant\\n`` (one position before the label
-token) predicts the label, so those are the only positions the PRM ever needs logits at.
+* Rendering is the template's ``SeparatorStyle.MPT``: ``<|im_start|>system\\n{system}<|im_end|>\\n``,
+  then for each turn ``{role header}{text}<|im_end|>\\n`` with the headers
+  ``<|im_start|>user\\n`` / ``<|im_start|>assistant\\n`` -- except that an *empty* message is
+  the bare role header with no ``<|im_end|>\\n`` (MPT: ``role + message + sep if message else
+  role``). Text is used verbatim (no stripping); only ``candidate_conversation`` strips the
+  question, as upstream's ``build_conversations`` does. With no system turn this project uses
+  ``SYSTEM_PROMPT`` (upstream's test-time prompt, not its template's default).
+* The image: unless ``<image>`` occurs anywhere in the rendered prompt (system text included),
+  ``<image>`` is inserted right after the first ``<|im_start|>user\\n`` (at the very end if
+  there is none); then that single ``<image>`` becomes ``<img>`` + ``<IMG_CONTEXT>`` ×
+  (tokens per tile × tiles) + ``</img>`` -- with *no* newline after ``</img>`` (InternVL's own
+  chat code adds one; upstream does not). With no image, ``<image>`` is plain text.
+* The whole prompt is tokenised as one string. It is tokenised with one ``<IMG_CONTEXT>`` that is
+  then repeated: image tokens are special tokens, split off before BPE, so this gives the ids
+  of the fully expanded text (tests/test_prompt.py checks it against upstream's construction).
+* The logit at the last token of ``<|im_start|>assistant\\n`` (one position before the label
+  token) predicts the label, so those are the only positions the PRM ever needs logits at.
+  Upstream finds them by searching the ids for ``<|im_start|>assistant\\n`` + label +
+  ``<|im_end|>\\n``; we locate each assistant turn by character offsets and also run that
+  search, refusing a conversation where the two disagree (a step text holding that markup).
 """
 
 from __future__ import annotations
@@ -31,6 +50,9 @@ Your task is to verify the accuracy and correctness of each step in the given so
 ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 LABELS = ("+", "-")
 IMAGE_PLACEHOLDER = "<image>"
+SEP = "<|im_end|>\n"
+USER_HEAD = "<|im_start|>user\n"
+ASSISTANT_HEAD = "<|im_start|>assistant\n"
 
 
 class PromptError(ValueError):
@@ -51,8 +73,11 @@ def question_turn(question: str) -> str:
 
 
 def candidate_conversation(question: str, steps: list[str]) -> list[dict]:
-    """The conversation that scores ``steps`` of one candidate: every step gets a ``+`` placeholder."""
-    turns = [{"from": "human", "value": question_turn(question)}]
+    """The conversation that scores ``steps`` of one candidate: every step gets a ``+`` placeholder.
+
+    The question is stripped, as upstream's test-time ``build_conversations`` does; steps are not.
+    """
+    turns = [{"from": "human", "value": question_turn(question.strip())}]
     for step in steps:
         turns.append({"from": "human", "value": step})
         turns.append({"from": "gpt", "value": "+"})
@@ -67,36 +92,53 @@ def with_system_prompt(conversations: list[dict]) -> list[dict]:
 
 
 def render(conversations: list[dict], image_tag: str | None) -> tuple[str, list[int], list[int]]:
-    """ChatML text of a conversation, the character offset of every label, and the labels.
+    """Upstream's prompt text of a conversation, the character offset of every label, and the labels.
 
-    ``image_tag`` (a single placeholder token, or None for text-only) is put right after the
-    first ``<|im_start|>user\\n`` unless that turn already holds ``<image>``, which it replaces.
+    ``image_tag`` (the image's token text, or None for text-only) replaces the prompt's
+    ``<image>`` if it has one, else goes right after the first ``<|im_start|>user\\n``.
     """
-    parts: list[str] = []
-    length = 0
+    turns = with_system_prompt(conversations)
+    text = f"<|im_start|>system\n{_value(turns[0])}{SEP}"
     label_offsets: list[int] = []
     labels: list[int] = []
-    image_done = image_tag is None
-    for turn in with_system_prompt(conversations):
+    for turn in turns[1:]:
         role = ROLES.get(turn.get("from"))
         if role is None:
             raise PromptError(f"unknown role {turn.get('from')!r}")
-        text = turn["value"]
-        if role == "user" and not image_done:
-            text = text.replace(IMAGE_PLACEHOLDER, image_tag, 1) if IMAGE_PLACEHOLDER in text else f"{image_tag}\n{text}"
-            image_done = True
+        if role == "system":
+            raise PromptError("a system turn may only come first")
+        value = _value(turn)
         head = f"<|im_start|>{role}\n"
         if role == "assistant":
-            if text not in LABELS:
-                raise PromptError(f"assistant turns must be '+' or '-', got {text!r}")
-            label_offsets.append(length + len(head))
-            labels.append(1 if text == "+" else 0)
-        piece = f"{head}{text}<|im_end|>\n"
-        parts.append(piece)
-        length += len(piece)
+            if value not in LABELS:
+                raise PromptError(f"assistant turns must be '+' or '-', got {value!r}")
+            label_offsets.append(len(text) + len(head))
+            labels.append(1 if value == "+" else 0)
+        text += f"{head}{value}{SEP}" if value else head
     if not labels:
         raise PromptError("the conversation has no step (no assistant turn)")
-    return "".join(parts), label_offsets, labels
+    if image_tag is not None:
+        count = text.count(IMAGE_PLACEHOLDER)
+        if count > 1:
+            raise PromptError(f"the conversation holds {count} {IMAGE_PLACEHOLDER} placeholders for one image")
+        if count == 1:
+            at, removed = text.index(IMAGE_PLACEHOLDER), len(IMAGE_PLACEHOLDER)
+        else:
+            head = text.find(USER_HEAD)
+            at, removed = (len(text) if head < 0 else head + len(USER_HEAD)), 0
+        text = text[:at] + image_tag + text[at + removed :]
+        shift = len(image_tag) - removed
+        label_offsets = [o + shift if o >= at else o for o in label_offsets]
+    return text, label_offsets, labels
+
+
+def _value(turn: dict) -> str:
+    value = turn.get("value")
+    if value is None:  # upstream's MPT renders a missing message like an empty one
+        return ""
+    if not isinstance(value, str):
+        raise PromptError(f"a turn's value must be a string, got {type(value).__name__}")
+    return value
 
 
 def label_token_ids(tokenizer) -> tuple[int, int]:
@@ -110,11 +152,26 @@ def label_token_ids(tokenizer) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
+def _upstream_label_search(tokenizer, ids: list[int]) -> tuple[list[int], list[int]]:
+    """Upstream's ``find_placeholder_idx`` for ``+`` and ``-``: (positions, labels) in order."""
+    head = tokenizer(ASSISTANT_HEAD, add_special_tokens=False)["input_ids"]
+    found: dict[int, int] = {}
+    for label in LABELS:
+        pattern = tokenizer(ASSISTANT_HEAD + label + SEP, add_special_tokens=False)["input_ids"]
+        n = len(pattern)
+        for i, tok in enumerate(ids):
+            if tok == pattern[0] and ids[i : i + n] == pattern:
+                found[i + len(head) - 1] = 1 if label == "+" else 0
+    positions = sorted(found)
+    return positions, [found[p] for p in positions]
+
+
 def encode_conversation(tokenizer, conversations: list[dict], num_image_tokens: int) -> EncodedConversation:
     """Tokenise a conversation, expand the image to ``num_image_tokens`` context tokens.
 
-    The text is tokenised as one string (so ids match what a chat template would give) and
-    each label is located through the character offsets; the label must be a token of its own.
+    The text is tokenised as one string (as upstream does) and each label is located through
+    the character offsets; the label must be a token of its own, and the positions must be
+    the ones upstream's token search finds.
     """
     image_tag = None
     if num_image_tokens > 0:
@@ -129,8 +186,15 @@ def encode_conversation(tokenizer, conversations: list[dict], num_image_tokens: 
         if tok is None or offsets[tok][1] != char_offset + 1:
             raise PromptError("a step label is not a single token in this tokenizer")
         positions.append(tok - 1)
+    if _upstream_label_search(tokenizer, ids) != (positions, labels):
+        raise PromptError(
+            "a turn's text holds the markup of a label turn (<|im_start|>assistant\\n+/-<|im_end|>); "
+            "upstream's label search would read it as a step"
+        )
+    ctx = tokenizer.context_image_token_id
+    if ids.count(ctx) != int(image_tag is not None):
+        raise PromptError(f"a turn's text holds the image token {tokenizer.context_image_token}")
     if image_tag is not None:
-        ctx = tokenizer.context_image_token_id
         at = ids.index(ctx)
         ids = ids[:at] + [ctx] * num_image_tokens + ids[at + 1 :]
         positions = [p + num_image_tokens - 1 if p > at else p for p in positions]
