@@ -3,7 +3,8 @@
 Usage::
 
     python data/prepare_meta_test.py --questions mmmu_pro.jsonl --candidates cands.jsonl \\
-        [--meta_out meta.json] [--test_out test.json] [--image_root DIR]
+        [--meta_out meta.json] [--test_out test.json] [--image_root DIR] \\
+        [--step_splitter upstream|clean]
 
 Inputs
 ------
@@ -19,10 +20,15 @@ Inputs
 
 Outputs (DESIGN §3)
 -------------------
-* ``--meta_out``: one training-format record per candidate, ``id`` = ``<question id>#<k>``, the
-  human turn ``### Question:\\n{question + options}``, then every step from
-  ``dreamprm.steps.split_steps`` as a human turn followed by a ``+`` placeholder gpt turn, and
-  ``"true_false"``: whether the candidate's final answer is right.
+* ``--meta_out``: one record per candidate in the shape of upstream's ``meta_MMMU_Pro.json``:
+  ``{"id": "<question id>#<k>", "response": candidate text, "true_false": whether its final
+  answer is right, "image", "conversations"}``, the conversation being the PRM system turn, the
+  human turn ``### Question:\\n`` + (question + options).strip(), then every step from
+  ``dreamprm.steps.split_steps`` as a human turn followed by a ``+`` placeholder gpt turn.
+  ``--step_splitter`` picks the splitter: ``upstream`` (default; upstream's meta file is this
+  split of each ``response``, and it may hold an empty step, e.g. for
+  ``[Reasoning]\\nAnswer: B``) or ``clean`` (see ``dreamprm.steps``). A candidate whose steps
+  are all empty is rejected.
 * ``--test_out``: one record per question with candidates: ``{"id", "question", "image_path",
   "candidates", "true_false"}``.
 
@@ -59,11 +65,13 @@ from pathlib import Path
 
 try:
     from dreamprm.jsonrecords import iter_file_records
-    from dreamprm.steps import extract_answer, split_steps
+    from dreamprm.prompt import SYSTEM_PROMPT
+    from dreamprm.steps import SPLITTERS, extract_answer, split_steps
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from dreamprm.jsonrecords import iter_file_records
-    from dreamprm.steps import extract_answer, split_steps
+    from dreamprm.prompt import SYSTEM_PROMPT
+    from dreamprm.steps import SPLITTERS, extract_answer, split_steps
 
 LETTERS = string.ascii_uppercase
 
@@ -253,7 +261,7 @@ def read_questions(paths, image_root: str | None = None) -> dict:
     return out
 
 
-def read_candidates(path, questions: dict) -> dict:
+def read_candidates(path, questions: dict, splitter: str = "upstream") -> dict:
     cands: dict[str, list[str]] = {}
     for where, rec in _iter(Path(path)):
         if not isinstance(rec, dict):
@@ -267,8 +275,8 @@ def read_candidates(path, questions: dict) -> dict:
         c = rec.get("candidate")
         if not isinstance(c, str) or not c.strip():
             raise _err(where, "candidate", "missing or empty text")
-        if not split_steps(c):
-            raise _err(where, "candidate", "no steps after splitting")
+        if not any(step.strip() for step in split_steps(c, splitter)):
+            raise _err(where, "candidate", "no non-empty step after splitting")
         cands.setdefault(str(qid), []).append(c)
     return cands
 
@@ -279,7 +287,17 @@ def is_correct(candidate: str, q: dict) -> bool:
     return free_is_correct(answer_text(candidate), q["answer"])
 
 
-def build(questions: dict, cands: dict) -> tuple[list[dict], list[dict], dict]:
+def meta_record(rid: str, question: str, image: str, candidate: str, ok: bool,
+                splitter: str = "upstream") -> dict:
+    """One meta record, shaped like those of upstream's ``meta_MMMU_Pro.json``."""
+    conv = [{"from": "system", "value": SYSTEM_PROMPT},
+            {"from": "human", "value": "### Question:\n" + question.strip()}]
+    for step in split_steps(candidate, splitter):
+        conv += [{"from": "human", "value": step}, {"from": "gpt", "value": "+"}]
+    return {"id": rid, "response": candidate, "true_false": ok, "image": image, "conversations": conv}
+
+
+def build(questions: dict, cands: dict, splitter: str = "upstream") -> tuple[list[dict], list[dict], dict]:
     meta, test = [], []
     counts = Counter(questions=len(questions))
     for key, q in questions.items():
@@ -289,11 +307,9 @@ def build(questions: dict, cands: dict) -> tuple[list[dict], list[dict], dict]:
             continue
         tf = [is_correct(c, q) for c in cs]
         for k, (c, ok) in enumerate(zip(cs, tf)):
-            conv = [{"from": "human", "value": "### Question:\n" + q["question"]}]
-            for step in split_steps(c):
-                conv += [{"from": "human", "value": step}, {"from": "gpt", "value": "+"}]
-            meta.append({"id": f"{q['id']}#{k}", "image": q["image_path"], "conversations": conv, "true_false": ok})
-            counts["steps"] += len(conv) // 2
+            rec = meta_record(f"{q['id']}#{k}", q["question"], q["image_path"], c, ok, splitter)
+            meta.append(rec)
+            counts["steps"] += len(rec["conversations"]) // 2 - 1
             if (answer_text(c) is None) or (q["options"] and extract_choice(c, q["options"]) is None):
                 counts["candidates_without_answer"] += 1
         test.append({"id": q["id"], "question": q["question"], "image_path": q["image_path"],
@@ -314,12 +330,15 @@ def main(argv=None) -> int:
     ap.add_argument("--meta_out", default=None, help="meta-format JSON to write")
     ap.add_argument("--test_out", default=None, help="test-format JSON to write")
     ap.add_argument("--image_root", default=None, help="prefix joined to every image path")
+    ap.add_argument("--step_splitter", choices=SPLITTERS, default="upstream",
+                    help="how candidates are cut into steps (dreamprm.steps; default: upstream's split)")
     args = ap.parse_args(argv)
     if not args.meta_out and not args.test_out:
         ap.error("give --meta_out and/or --test_out")
     try:
         questions = read_questions(args.questions, args.image_root)
-        meta, test, counts = build(questions, read_candidates(args.candidates, questions))
+        cands = read_candidates(args.candidates, questions, args.step_splitter)
+        meta, test, counts = build(questions, cands, args.step_splitter)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

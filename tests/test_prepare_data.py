@@ -21,6 +21,9 @@ def _load(name):
 pv = _load("prepare_visualprm")
 pm = _load("prepare_meta_test")
 
+from dreamprm.prompt import SYSTEM_PROMPT  # noqa: E402
+from dreamprm.steps import split_steps  # noqa: E402
+
 
 # ------------------------------------------------------------------------------ VisualPRM400K
 def _vprm(i, scores, **extra):
@@ -173,15 +176,56 @@ def test_meta_and_test_outputs(qc, tmp_path, capsys):
     assert test[3]["true_false"] == [True]
     assert counts["correct_candidates"] == 6 and counts["incorrect_candidates"] == 3
     m0 = meta[0]
+    # upstream's meta_MMMU_Pro.json record shape, keys in its order
+    assert list(m0) == ["id", "response", "true_false", "image", "conversations"]
     assert m0["id"] == "validation_Art_1#0" and m0["image"] == "imgs/1.png" and m0["true_false"] is True
+    assert m0["response"] == CANDIDATES[0][1]
     conv = m0["conversations"]
-    assert conv[0] == {"from": "human", "value": "### Question:\n" + t0["question"]}
-    assert [t["value"] for t in conv[1::2]] == ["The sky part is blue.", "So blue.", "Answer: (B)"]
-    assert [t["value"] for t in conv[2::2]] == ["+", "+", "+"]
-    from dreamprm.steps import split_steps
-
+    assert conv[0] == {"from": "system", "value": SYSTEM_PROMPT}
+    assert conv[1] == {"from": "human", "value": "### Question:\n" + t0["question"]}
+    assert [t["value"] for t in conv[2::2]] == ["The sky part is blue.", "So blue.", "Answer: (B)"]
+    assert [t["value"] for t in conv[3::2]] == ["+", "+", "+"]
+    assert all(t["from"] == "human" for t in conv[2::2]) and all(t["from"] == "gpt" for t in conv[3::2])
+    # without [Reasoning] upstream's split keeps the answer in the body step too
+    assert [t["value"] for t in meta[2]["conversations"][2::2]] == ["Answer: blue", "Answer: blue"]
     for m, (qid, text) in zip(meta, CANDIDATES):
-        assert [t["value"] for t in m["conversations"][1::2]] == split_steps(text)
+        assert m["response"] == text
+        assert [t["value"] for t in m["conversations"][2::2]] == split_steps(text, "upstream")
+    assert counts["steps"] == sum(len(split_steps(text)) for _, text in CANDIDATES)
+
+
+def test_meta_step_splitter_flag(qc, tmp_path, capsys):
+    q, c = qc
+    meta_p = tmp_path / "meta.json"
+    args = ["--questions", str(q), "--candidates", str(c), "--meta_out", str(meta_p)]
+    assert pm.main(args + ["--step_splitter", "clean"]) == 0
+    meta = json.loads(meta_p.read_text())
+    for m, (qid, text) in zip(meta, CANDIDATES):
+        assert [t["value"] for t in m["conversations"][2::2]] == split_steps(text, "clean")
+    assert [t["value"] for t in meta[2]["conversations"][2::2]] == ["Answer: blue"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        pm.main(args + ["--step_splitter", "nope"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_meta_record_question_strip_and_empty_step():
+    rec = pm.meta_record("q#0", "  <image 1> Which?\nA. x\nB. y \n", "i.png", "[Reasoning]\nAnswer: B", False)
+    assert rec == {"id": "q#0", "response": "[Reasoning]\nAnswer: B", "true_false": False, "image": "i.png",
+                   "conversations": [{"from": "system", "value": SYSTEM_PROMPT},
+                                     {"from": "human", "value": "### Question:\n<image 1> Which?\nA. x\nB. y"},
+                                     {"from": "human", "value": ""}, {"from": "gpt", "value": "+"},
+                                     {"from": "human", "value": "Answer: B"}, {"from": "gpt", "value": "+"}]}
+
+
+@pytest.mark.parametrize("splitter", ["upstream", "clean"])
+def test_meta_rejects_candidate_without_any_step(qc, tmp_path, capsys, splitter):
+    q, c = qc
+    n = len(c.read_text().splitlines()) + 1
+    c.write_text(c.read_text() + json.dumps({"id": "q3", "candidate": "[Reasoning]\nStep 1:\nStep 2:\nAnswer:"}) + "\n")
+    args = ["--questions", str(q), "--candidates", str(c), "--test_out", str(tmp_path / "t.json")]
+    assert pm.main(args + ["--step_splitter", splitter]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {c}:{n}: candidate: no non-empty step")
 
 
 @pytest.mark.parametrize("text, letter", [
