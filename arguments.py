@@ -1,4 +1,4 @@
-"""Command-line flags of the project's entry points, in one place (DESIGN §6).
+"""Command-line flags of the project's entry points, in one place.
 
 ``train_parser()`` is ``train.py`` (the upstream flag table, names and defaults kept, plus this
 project's flags); ``test_parser()`` is ``test.py`` (best-of-N evaluation of a trained PRM).
@@ -37,6 +37,14 @@ def test_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefetch", type=int, default=2,
                    help="questions whose images are decoded and tiled in a background thread while "
                    "the current one is scored; 0 = serial (default: %(default)s)")
+    p.add_argument("--step_splitter", default="upstream", choices=("upstream", "clean"),
+                   help="how a candidate becomes steps: upstream = the public code's splitter, quirks included "
+                        "(released checkpoints and upstream's meta file use it); clean = a stricter splitter that "
+                        "never cuts mid-sentence 'N.' (see src/dreamprm/steps.py) (default: %(default)s)")
+    p.add_argument("--score_dtype", default="model", choices=("model", "fp32"),
+                   help="dtype of the step softmax and the mean score: model = the model's dtype, as upstream "
+                        "(bf16 on GPU: scores near 1 round to steps of ~0.004, ties go to the later candidate); "
+                        "fp32 = upcast first (default: %(default)s)")
     p.add_argument("--skip_bad_records", action="store_true",
                    help="drop invalid records (and say how many) instead of stopping")
     p.add_argument("--figs_dir", default="figs", help="where the accuracy-vs-N figure goes (default: %(default)s)")
@@ -148,7 +156,7 @@ def train_parser() -> argparse.ArgumentParser:
                         "1e-6 of the autocast path there; see bench/RESULTS.md)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile every vision and language layer (regional; the first iterations pay the "
-                        "compile time; experimental: on an H100 in bf16 it was barely faster at the DESIGN shape and "
+                        "compile time; experimental: on an H100 in bf16 it was barely faster at the benchmark shape and "
                         "moved step probabilities by up to 4e-2; see bench/RESULTS.md)")
     g.add_argument("--attn_implementation", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"), help="(default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --weights_path")

@@ -1,4 +1,4 @@
-"""Best-of-N evaluation of a PRM (DESIGN §1 step 3): ``python test.py --reward_model ./weights``.
+"""Best-of-N evaluation of a PRM: ``python test.py --reward_model ./weights``.
 
 A thin CLI: the flags live in ``arguments.test_parser``, the work in ``dreamprm.bestofn.run``.
 Exit code 0 on success, 2 on bad input (an invalid test record, a missing model folder).

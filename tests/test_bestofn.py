@@ -43,9 +43,9 @@ def test_aggregations_exact():
     assert agg_log_mean(ps) == pytest.approx((math.log(0.5) + math.log(0.8) + math.log(0.2)) / 3, abs=1e-12)
     assert agg_max(ps) == 0.8
     assert agg_min(ps) == 0.2
-    # log(1) + log(4) + log(1/4) = 0
+    # (log(1) + log(4) + log(1/4)) / 3 = 0: DreamPRM's mean step log-odds
     assert agg_log_odds(ps) == pytest.approx(0.0, abs=1e-12)
-    assert agg_log_odds([0.9, 0.75]) == pytest.approx(math.log(9) + math.log(3), abs=1e-12)
+    assert agg_log_odds([0.9, 0.75]) == pytest.approx((math.log(9) + math.log(3)) / 2, abs=1e-12)
     # clamping to [1e-6, 1 - 1e-6] for the logarithms
     assert agg_log_odds([1.0]) == pytest.approx(math.log((1 - EPS) / EPS), abs=1e-9)
     assert agg_log_odds([0.0]) == pytest.approx(math.log(EPS / (1 - EPS)), abs=1e-9)
@@ -56,13 +56,39 @@ def test_aggregations_exact():
     assert aggregate([[0.2, 0.4], [1.0]], "mean") == pytest.approx([0.3, 1.0])
 
 
-def test_select_ties_go_to_first():
-    assert select([0.3, 0.7, 0.7]) == 1
-    assert select([0.5, 0.5, 0.5]) == 0
-    assert select([0.1, 0.9, 0.2, 0.9]) == 1
+def test_mean_in_bf16_is_torch_mean_of_the_bf16_step_scores():
+    """Upstream's score is torch.mean over bf16 probabilities, rounded to bf16: near 1 its
+    resolution is 2**-8, so close candidates tie."""
+    ps = [0.99609375, 1.0, 0.9921875]  # bf16 values
+    assert agg_mean(ps, torch.bfloat16) == float(torch.tensor(ps, dtype=torch.bfloat16).mean())
+    assert agg_mean(ps, torch.bfloat16) == 0.99609375  # 0.99609... exactly a bf16 step
+    assert agg_mean([1.0, 0.99609375], torch.bfloat16) == agg_mean([0.99609375, 1.0, 1.0, 0.99609375], torch.bfloat16)
+    assert aggregate([ps], "mean", torch.bfloat16) == [agg_mean(ps, torch.bfloat16)]
+    assert aggregate([ps], "max", torch.bfloat16) == [1.0]
+
+
+def _upstream_select(scores):
+    """The selection loop of upstream's utils.select_best_answer: max_score = 0; for each
+    candidate in order, ``if score >= max_score`` it becomes the best."""
+    max_score, best_index = 0, 0
+    for index, score in enumerate(scores):
+        if score >= max_score:
+            max_score, best_index = score, index
+    return best_index
+
+
+def test_select_ties_go_to_the_later_candidate_as_upstream():
+    assert select([0.3, 0.7, 0.7]) == 2
+    assert select([0.5, 0.5, 0.5]) == 2
+    assert select([0.1, 0.9, 0.2, 0.9]) == 3
+    assert select([0.9, 0.1]) == 0
     assert select([float("nan"), 0.1]) == 1
-    assert select([-math.inf, -math.inf]) == 0
+    assert select([float("nan"), float("nan")]) == 0
+    assert select([0.4, float("nan")]) == 0
+    assert select([-math.inf, -math.inf]) == 1
     assert select([None, 0.0]) == 1
+    for scores in ([0.3, 0.7, 0.7], [1.0, 1.0, 0.5, 1.0], [0.0, 0.0], [0.25, 0.5, 0.5, 0.125], [0.6]):
+        assert select(scores) == _upstream_select(scores)
     with pytest.raises(ValueError):
         select([])
 
@@ -104,7 +130,7 @@ def test_summary_on_hand_made_questions():
     q1 = question_result("a", [False, True, True], [[0.9, 0.1], [0.6, 0.6], [0.6]])
     q2 = question_result(7, [True, False], [[0.2], [0.3]])
     assert q1["scores"]["mean"] == pytest.approx([0.5, 0.6, 0.6])
-    assert q1["selected"] == {"mean": 1, "log_mean": 1, "max": 0, "min": 1, "log_odds": 1}  # 1 vs 2: ties -> first
+    assert q1["selected"] == {"mean": 2, "log_mean": 2, "max": 0, "min": 2, "log_odds": 2}  # 1 vs 2: ties -> later
     assert q2["selected"] == dict.fromkeys(AGGREGATION_NAMES, 1)
     cands = [
         ["Answer: 5", "Answer: 6", "Answer: 6"],  # majority 6 -> candidate 1 (correct)
@@ -112,7 +138,7 @@ def test_summary_on_hand_made_questions():
     ]
     s = summarise([q1, q2], cands)
     assert s["n_questions"] == 2
-    assert s["accuracy"] == {"mean": 0.5, "log_mean": 0.5, "max": 0.0, "min": 0.5, "log_odds": 0.5}
+    assert s["accuracy"] == {"mean": 0.5, "log_mean": 0.5, "max": 0.0, "min": 0.5, "log_odds": 0.5}  # q1: 2 is right too
     assert s["pass@1"] == 0.5
     assert s["random"] == pytest.approx((2 / 3 + 1 / 2) / 2)
     assert s["oracle"] == 1.0
@@ -193,7 +219,10 @@ def test_shared_image_scoring_equals_naive(prm):
     cands = ["[Reasoning]\nStep 1: red on the left\nStep 2: so red\nAnswer: red", "Answer: blue", ""]
     got = scorer.score_candidates(image, question, cands)
     _assert_close(got[:2], _naive(prm, image, question, [split_steps(c) for c in cands[:2]]))
-    assert got[2] == []  # no step at all: no score, never selected
+    # upstream's splitter turns an empty candidate into one empty step [""], scored like any other
+    _assert_close(got[2:], _naive(prm, image, question, [[""]]))
+    # the clean splitter gives no step at all: no score, never selected
+    assert Scorer(prm, batch_size=2, splitter="clean").score_candidates(image, question, [""]) == [[]]
     # the image matters
     other = scorer.score_step_lists(_image(90, 120, 1), question, step_lists)
     assert other != want
@@ -354,7 +383,9 @@ def test_cli_report_shape(tmp_path, monkeypatch, capsys):
     report = json.loads(out.read_text())
     assert set(report) == {"summary", "questions"}
     s = report["summary"]
-    assert set(s) == {"n_questions", "accuracy", "pass@1", "random", "oracle", "self_consistency"}
+    assert set(s) == {"n_questions", "accuracy", "pass@1", "random", "oracle", "self_consistency", "scoring"}
+    assert s["scoring"]["score_dtype"] == "float32" and s["scoring"]["step_splitter"] == "upstream"
+    assert s["scoring"]["ties"].startswith("later")
     assert set(s["accuracy"]) == set(AGGREGATION_NAMES)
     assert s["n_questions"] == 3
     for v in [*s["accuracy"].values(), s["pass@1"], s["random"], s["oracle"], s["self_consistency"]]:
@@ -434,3 +465,90 @@ def test_cli_skip_bad_records(tmp_path, monkeypatch, capsys):
     assert report["summary"]["n_questions"] == 3
     assert set(report["summary"]["accuracy"]) == set(AGGREGATION_NAMES)  # all five always
     assert "PRM log_odds" in captured.out and "PRM mean" not in captured.out
+
+
+# -- ties: test.py picks what upstream's rule picks ---------------------------------------------
+def _bf16_model(tmp_path, name, head_row):
+    """The tiny PRM with its "+" row of the LM head replaced, saved for test.py to load in bf16."""
+    from dreamprm.prm import ProcessRewardModel
+
+    model = ProcessRewardModel.from_pretrained("tiny", device="cpu", precision="fp32")
+    with torch.no_grad():
+        model.model.lm_head.weight[model.plus_id] = head_row(model)
+    model.save_pretrained(tmp_path / name)
+    return tmp_path / name
+
+
+def _saturating_row(model):
+    """Aligned with the hidden state at the label positions: p(+) rounds to 1.0 in bf16."""
+    from dreamprm.examples import ExampleBuilder, collate
+    from dreamprm.prompt import candidate_conversation
+
+    item = ExampleBuilder(model.processor, 12).build(candidate_conversation("q", ["a", "b"]), _image(60, 50, 0))
+    batch = collate([item], 0)
+    with torch.no_grad():
+        hidden = model.hidden_states(batch.input_ids, batch.attention_mask, batch.pixel_values)
+        direction = hidden[batch.label_batch, batch.label_pos].mean(0)
+    return direction / direction.norm() * 200
+
+
+def _upstream_scores(model_dir, image, question, candidates):
+    """Upstream's test-time score, per candidate: one full forward of the bf16 model, softmax over
+    the full vocabulary in bf16, p(+) at the label positions, torch.mean in bf16."""
+    from dreamprm.examples import ExampleBuilder, collate
+    from dreamprm.prm import ProcessRewardModel
+    from dreamprm.prompt import candidate_conversation
+    from dreamprm.steps import split_steps
+
+    model = ProcessRewardModel.from_pretrained(model_dir, device="cpu", precision="bf16").eval()
+    builder = ExampleBuilder(model.processor, 12)
+    scores = []
+    with torch.no_grad():
+        for cand in candidates:
+            batch = collate([builder.build(candidate_conversation(question, split_steps(cand)), image)], 0)
+            logits = model.full_logits(batch.input_ids, batch.attention_mask, batch.pixel_values)
+            probs = torch.softmax(logits, dim=-1)  # bf16 in, bf16 out: no upcast
+            assert probs.dtype == torch.bfloat16
+            scores.append(torch.mean(probs[batch.label_batch, batch.label_pos, model.plus_id], dim=0).item())
+    return scores
+
+
+def test_cli_on_ties_picks_what_upstreams_rule_picks(tmp_path, monkeypatch, capsys):
+    """Duplicated candidates and saturated bf16 scores tie; test.py must select as upstream's
+    ``score >= max_score`` loop does on upstream's own scores: the later candidate."""
+    main = _main(monkeypatch)
+    x = "[Reasoning]\nStep 1: We add one.\nStep 2: That gives 2.\nAnswer: 2"
+    y = "[Reasoning]\nIt is 1.\nAnswer: 1"
+    z = "[Reasoning]\n1) add 2) get it\nAnswer: 2"
+    (tmp_path / "img").mkdir()
+    _image(60, 50, 0).save(tmp_path / "img" / "q.png")
+    question = "  What is 1 + 1?\n"  # upstream strips the question
+    records = [
+        {"id": "dup", "question": question, "image_path": "img/q.png", "candidates": [z, x, z, x],
+         "true_false": [False, True, True, True]},
+        {"id": "mixed", "question": question, "image_path": "img/q.png", "candidates": [x, y, z, y],
+         "true_false": [True, False, True, False]},
+    ]
+    path = _write_test_file(tmp_path, records)
+    sharp = _bf16_model(tmp_path, "sharp", lambda m: m.model.lm_head.weight[m.plus_id] * 30)
+    saturated = _bf16_model(tmp_path, "saturated", _saturating_row)
+    picks = {}
+    for name, model_dir in (("sharp", sharp), ("saturated", saturated)):
+        out = tmp_path / f"{name}.json"
+        rc = main(["--test_json_file", str(path), "--reward_model", str(model_dir), "--device", "cpu",
+                   "--precision", "bf16", "--output_file", str(out), "--figs_dir", str(tmp_path / "figs"),
+                   "--batch_size", "3"])
+        assert rc == 0
+        assert "softmax and mean in bfloat16" in capsys.readouterr().out
+        report = json.loads(out.read_text())
+        assert report["summary"]["scoring"]["score_dtype"] == "bfloat16"
+        image = Image.open(tmp_path / "img" / "q.png").convert("RGB")
+        for rec, q in zip(records, report["questions"]):
+            upstream = _upstream_scores(model_dir, image, question, rec["candidates"])
+            assert q["selected"]["mean"] == _upstream_select(upstream), (name, q["scores"]["mean"], upstream)
+            picks[name, rec["id"]] = q["selected"]["mean"]
+            if rec["id"] == "dup":  # identical candidates, identical scores, whatever their batch
+                assert q["step_scores"][0] == q["step_scores"][2] and q["step_scores"][1] == q["step_scores"][3]
+    # the cases really are ties: the later duplicate, and the last of four saturated scores
+    assert picks["sharp", "dup"] == 2
+    assert picks["saturated", "dup"] == 3 and picks["saturated", "mixed"] == 3

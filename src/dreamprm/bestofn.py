@@ -1,4 +1,4 @@
-"""Best-of-N evaluation: score every candidate's steps, aggregate, select, report (DESIGN §1 step 3).
+"""Best-of-N evaluation: score every candidate's steps, aggregate, select, report.
 
 Scoring (``Scorer``) is efficient by construction:
 
@@ -9,8 +9,16 @@ Scoring (``Scorer``) is efficient by construction:
   (``prefix_cache=True``, the default; ``False`` runs each candidate's full sequence);
 * candidates go through the language model in batches of ``batch_size`` (sorted by length to
   keep padding small; right padding + attention mask);
-* the LM head runs at the label positions only (``ProcessRewardModel.label_outputs``), with the
-  full-vocabulary softmax the method defines.
+* the LM head runs at the label positions only, with the full-vocabulary softmax the method
+  defines;
+* candidates whose steps are identical are scored once, so they get identical scores whatever
+  batch or position they would have landed in.
+
+Step scores are computed as upstream's test path computes them (``score_dtype="model"``, the
+default): the softmax of the label logits in the model's dtype (bf16 for a bf16 model, with no
+upcast), and the ``mean`` aggregate in that dtype too. bf16 rounds scores near 1 to steps of
+~0.004, so ties are common, and the tie rule below decides them. ``score_dtype="fp32"`` computes
+softmax and mean in fp32 instead (fewer ties; not upstream's numbers).
 
 The scores equal the naive path (one ``ProcessRewardModel.forward`` per candidate with its own
 ``pixel_values``) to float tolerance; ``tests/test_bestofn.py`` checks this.
@@ -21,14 +29,15 @@ up to ``prefetch`` questions ahead (default 2; 0 = serial), with identical resul
 
 Aggregation of a candidate's step scores p₁…pₙ (``AGGREGATIONS``):
 
-* ``mean``: Σp/n;  ``log_mean``: Σlog p/n;  ``max``/``min``: max/min p;
-* ``log_odds`` (DreamPRM): Σ log(p/(1−p)).
+* ``mean``: Σp/n, in the scoring dtype (upstream's score);  ``max``/``min``: max/min p;
+* ``log_mean``: Σlog p/n;  ``log_odds`` (DreamPRM): Σ log(p/(1−p)) / n, both in float64 on the
+  step scores (upstream's test path has neither).
 * For ``log_mean`` and ``log_odds`` p is clamped to [1e-6, 1 − 1e-6] first (``EPS``).
 * A candidate with no step (empty text) aggregates to −inf, so it is never selected unless
   every candidate is empty; it is written as ``null`` in the JSON.
 
-Selection: the candidate with the highest aggregate; **ties go to the first candidate** (lowest
-index); NaN counts as −inf.
+Selection: the candidate with the highest aggregate; **ties go to the later candidate**, as
+upstream's ``if score >= max_score`` does; a NaN score is never selected (all NaN: the first).
 
 Baselines, on the same questions:
 
@@ -43,7 +52,7 @@ Baselines, on the same questions:
 
 Accuracy vs N: for each N = 1 … max candidates, each question keeps a uniformly random subset of
 min(N, its candidate count) candidates (in their original order, so ties still go to the
-earliest); accuracies are averaged over ``draws`` subsets drawn with ``random.Random(seed)``.
+later one); accuracies are averaged over ``draws`` subsets drawn with ``random.Random(seed)``.
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 EPS = 1e-6
+SCORE_DTYPES = ("model", "fp32")
 AGGREGATION_NAMES = ("mean", "log_mean", "max", "min", "log_odds")
 BASELINE_NAMES = ("pass@1", "random", "oracle", "self_consistency")
 
@@ -69,8 +79,15 @@ def _clamp(p: float) -> float:
     return min(max(float(p), EPS), 1.0 - EPS)
 
 
-def agg_mean(ps: Sequence[float]) -> float:
-    return sum(ps) / len(ps) if ps else -math.inf
+def agg_mean(ps: Sequence[float], dtype=None) -> float:
+    """Σp/n; with ``dtype`` (a torch dtype) as ``torch.mean`` computes it in that dtype."""
+    if not ps:
+        return -math.inf
+    if dtype is None:
+        return sum(ps) / len(ps)
+    import torch
+
+    return float(torch.tensor(list(ps), dtype=dtype).mean())
 
 
 def agg_log_mean(ps: Sequence[float]) -> float:
@@ -88,7 +105,7 @@ def agg_min(ps: Sequence[float]) -> float:
 def agg_log_odds(ps: Sequence[float]) -> float:
     if not ps:
         return -math.inf
-    return sum(math.log(_clamp(p) / (1.0 - _clamp(p))) for p in ps)
+    return sum(math.log(_clamp(p) / (1.0 - _clamp(p))) for p in ps) / len(ps)
 
 
 AGGREGATIONS: dict[str, Callable[[Sequence[float]], float]] = {
@@ -100,22 +117,26 @@ AGGREGATIONS: dict[str, Callable[[Sequence[float]], float]] = {
 }
 
 
-def aggregate(step_scores: Sequence[Sequence[float]], name: str) -> list[float]:
-    """One aggregate per candidate."""
+def aggregate(step_scores: Sequence[Sequence[float]], name: str, dtype=None) -> list[float]:
+    """One aggregate per candidate; ``dtype`` is the scoring dtype, used by ``mean``."""
+    if name == "mean":
+        return [agg_mean(list(ps), dtype) for ps in step_scores]
     fn = AGGREGATIONS[name]
     return [fn(list(ps)) for ps in step_scores]
 
 
 def select(scores: Sequence[float]) -> int:
-    """Index of the highest score; ties go to the FIRST candidate; NaN counts as -inf."""
+    """Index of the highest score; ties go to the LATER candidate (upstream's ``>=``); a NaN or
+    None score is never selected, and when every score is one the first candidate is."""
     if not scores:
         raise ValueError("select() needs at least one candidate")
-    vals = [-math.inf if s is None or math.isnan(s) else s for s in scores]
-    best = 0
-    for i in range(1, len(vals)):
-        if vals[i] > vals[best]:  # strictly greater: a tie keeps the earlier candidate
+    best = None
+    for i, s in enumerate(scores):
+        if s is None or math.isnan(s):
+            continue
+        if best is None or s >= scores[best]:  # >=: a tie moves on to the later candidate
             best = i
-    return best
+    return 0 if best is None else best
 
 
 # -- baselines ----------------------------------------------------------------------------------
@@ -163,15 +184,37 @@ def self_consistency_index(candidates: Sequence[str]) -> int:
 class Scorer:
     """Step scores p(+) for the candidates of a question, with the image encoded once."""
 
-    def __init__(self, prm, max_patch_num: int = 12, batch_size: int = 8, prefix_cache: bool = True):
+    def __init__(self, prm, max_patch_num: int = 12, batch_size: int = 8, prefix_cache: bool = True,
+                 score_dtype: str = "model", splitter: str = "upstream"):
         from .examples import ExampleBuilder
+        from .steps import SPLITTERS
 
+        if score_dtype not in SCORE_DTYPES:
+            raise ValueError(f"score_dtype must be one of {SCORE_DTYPES}, got {score_dtype!r}")
+        if splitter not in SPLITTERS:
+            raise ValueError(f"splitter must be one of {SPLITTERS}, got {splitter!r}")
         self.prm = prm.eval()
         self.builder = ExampleBuilder(prm.processor, max_patch_num)
         self.batch_size = max(1, int(batch_size))
         self.prefix_cache = bool(prefix_cache)
+        self.score_dtype = score_dtype
+        self.splitter = splitter
         tok = prm.processor.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    def describe(self) -> dict:
+        """How scores are made, for the report: dtype, splitter, tie rule."""
+        dtype = str(self.dtype).replace("torch.", "")
+        how = "the model's dtype, as upstream" if self.score_dtype == "model" else "fp32 (--score_dtype fp32)"
+        return {"score_dtype": dtype, "score_dtype_source": how, "step_splitter": self.splitter,
+                "ties": "later candidate (upstream's >=)"}
+
+    @property
+    def dtype(self):
+        """The dtype step scores (softmax) and the mean aggregate are computed in."""
+        import torch
+
+        return self.prm.model.dtype if self.score_dtype == "model" else torch.float32
 
     @property
     def device(self):
@@ -204,10 +247,11 @@ class Scorer:
         return self.score_step_lists(image, question, [list(steps)])[0]
 
     def score_candidates(self, image, question: str, candidates: Sequence[str]) -> list[list[float]]:
-        """Split every candidate into steps (``steps.split_steps``) and score them all."""
+        """Split every candidate into steps (``steps.split_steps`` with this scorer's splitter)
+        and score them all."""
         from .steps import split_steps
 
-        return self.score_step_lists(image, question, [split_steps(c) for c in candidates])
+        return self.score_step_lists(image, question, [split_steps(c, self.splitter) for c in candidates])
 
     def score_step_lists(self, image, question: str, step_lists: Sequence[Sequence[str]]) -> list[list[float]]:
         """The core: ``image`` is a PIL image, a path, None (text only), or the pixel tensor
@@ -217,7 +261,11 @@ class Scorer:
         from .prompt import candidate_conversation
 
         out: list[list[float]] = [[] for _ in step_lists]
-        todo = [i for i, s in enumerate(step_lists) if len(s) > 0]
+        first_of: dict[tuple, int] = {}  # identical step lists are scored once
+        for i, steps in enumerate(step_lists):
+            if len(steps) > 0:
+                first_of.setdefault(tuple(steps), i)
+        todo = sorted(first_of.values())
         if not todo:
             return out
         pv = self.prepare_image(image)
@@ -240,6 +288,9 @@ class Scorer:
                 probs = self._score_batch([items[i] for i in chunk], feats, prefix)
                 for i, p in zip(chunk, probs):
                     out[i] = p
+        for i, steps in enumerate(step_lists):
+            if len(steps) > 0:
+                out[i] = list(out[first_of[tuple(steps)]])
         return out
 
     def _encode_prefix(self, id_lists, feats, first_label: int):
@@ -301,8 +352,9 @@ class Scorer:
                 use_cache=True,
             ).last_hidden_state
             label_pos = label_pos - n
-        steps = self.prm.label_outputs(hidden[label_batch, label_pos], label_batch)
-        p = steps.log_p_plus.exp().float().cpu()
+        # upstream: softmax over the full vocabulary in the model's dtype, p(+) at each label
+        logits = self.prm.model.lm_head(hidden[label_batch, label_pos]).to(self.dtype)
+        p = logits.softmax(-1)[:, self.prm.plus_id].float().cpu()  # bf16 -> fp32 is exact
         lb = label_batch.cpu()
         return [p[lb == b].tolist() for b in range(bsz)]
 
@@ -314,12 +366,15 @@ def load_scorer(
     max_patch_num: int = 12,
     batch_size: int = 8,
     prefix_cache: bool = True,
+    score_dtype: str = "model",
+    splitter: str = "upstream",
 ) -> Scorer:
     """Load a PRM (a folder, ``tiny`` or a hub id) and wrap it in a ``Scorer``."""
     from .prm import ProcessRewardModel
 
     prm = ProcessRewardModel.from_pretrained(name_or_path, device=device, precision=precision)
-    return Scorer(prm, max_patch_num=max_patch_num, batch_size=batch_size, prefix_cache=prefix_cache)
+    return Scorer(prm, max_patch_num=max_patch_num, batch_size=batch_size, prefix_cache=prefix_cache,
+                  score_dtype=score_dtype, splitter=splitter)
 
 
 # -- evaluation and report ----------------------------------------------------------------------
@@ -327,8 +382,9 @@ def _json_float(x: float):
     return x if math.isfinite(x) else None
 
 
-def question_result(qid, true_false: Sequence[bool], step_scores: Sequence[Sequence[float]]) -> dict:
-    scores = {name: aggregate(step_scores, name) for name in AGGREGATION_NAMES}
+def question_result(qid, true_false: Sequence[bool], step_scores: Sequence[Sequence[float]], dtype=None) -> dict:
+    """Aggregates and selections of one question; ``dtype``: the scoring dtype (for ``mean``)."""
+    scores = {name: aggregate(step_scores, name, dtype) for name in AGGREGATION_NAMES}
     return {
         "id": qid,
         "true_false": [bool(x) for x in true_false],
@@ -357,14 +413,18 @@ def summarise(questions: Sequence[dict], candidates: Sequence[Sequence[str]]) ->
     }
 
 
-def build_report(questions: Sequence[dict], candidates: Sequence[Sequence[str]]) -> dict:
-    """``{"summary": ..., "questions": ...}`` with non-finite aggregates written as None."""
+def build_report(questions: Sequence[dict], candidates: Sequence[Sequence[str]], scoring: dict | None = None) -> dict:
+    """``{"summary": ..., "questions": ...}`` with non-finite aggregates written as None;
+    ``scoring`` (``Scorer.describe()``) says how the scores were made."""
     out_q = []
     for q in questions:
         q = dict(q)
         q["scores"] = {k: [_json_float(v) for v in vals] for k, vals in q["scores"].items()}
         out_q.append(q)
-    return {"summary": summarise(questions, candidates), "questions": out_q}
+    summary = summarise(questions, candidates)
+    if scoring is not None:
+        summary["scoring"] = dict(scoring)
+    return {"summary": summary, "questions": out_q}
 
 
 def accuracy_vs_n(
@@ -471,7 +531,7 @@ def evaluate(
         bar = tqdm(records, desc="best-of-N", unit="question", disable=not progress)
         for index, (rec, pv) in enumerate(zip(bar, pixels)):
             step_scores = scorer.score_candidates(pv, rec["question"], rec["candidates"])
-            questions.append(question_result(rec.get("id", index), rec["true_false"], step_scores))
+            questions.append(question_result(rec.get("id", index), rec["true_false"], step_scores, scorer.dtype))
             candidates.append(list(rec["candidates"]))
     return questions, candidates
 
@@ -530,13 +590,14 @@ def run(args) -> int:
     precision = args.precision or ("bf16" if str(device).startswith("cuda") else "fp32")
     try:
         scorer = load_scorer(model, device=device, precision=precision, max_patch_num=args.max_patch_num,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, score_dtype=args.score_dtype, splitter=args.step_splitter)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"error: cannot load reward model {model!r}: {first}", file=sys.stderr)
         return 2
     questions, candidates = evaluate(scorer, records, args.test_json_file, prefetch=args.prefetch)
-    result = build_report(questions, candidates)
+    scoring = scorer.describe()
+    result = build_report(questions, candidates, scoring)
 
     out = Path(args.output_file)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -550,6 +611,8 @@ def run(args) -> int:
         json.dump(curve, f, indent=1)
 
     print(f"{report.summary()}; reward model {model} on {device} ({precision})")
+    print(f"scores: softmax and mean in {scoring['score_dtype']} ({scoring['score_dtype_source']}); "
+          f"steps: {scoring['step_splitter']} splitter; ties: {scoring['ties']}")
     print(format_table(result["summary"], chosen))
     print(f"results: {out}")
     print(f"figure:  {fig} (curve data: {figs / 'bestofn_accuracy_vs_n.json'})")
