@@ -1,4 +1,4 @@
-"""Records: loading and validating the training, meta and test files (DESIGN §3).
+"""Records: loading and validating the training, meta and test files.
 
 Every problem is reported as one line naming the file, the record (index and id) and the
 field; all problems of a file are collected (up to ``max_errors``) before raising, so a bad

@@ -1,6 +1,6 @@
 """The process reward model: an InternVL checkpoint read as per-step p(+) / p(-).
 
-Only the label positions (DESIGN §2) ever go through the LM head, so the (positions ×
+Only the label positions ever go through the LM head, so the (positions ×
 vocabulary) logits are a few rows instead of (sequence × vocabulary); the softmax is still
 over the full vocabulary, as the method defines the step score.
 """

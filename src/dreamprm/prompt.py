@@ -1,6 +1,6 @@
 """The PRM conversation: upstream's exact prompt text, image placeholder, and label positions.
 
-A PRM conversation is (DESIGN §2): system = the PRM system prompt; user = ``### Question:\\n{q}``;
+A PRM conversation is: system = the PRM system prompt; user = ``### Question:\\n{q}``;
 then per step: user = step text, assistant = ``+`` or ``-``. Every id here must be the one
 upstream DreamPRM-1.5 (``utils.py``: the ``internvl2_5`` conversation template,
 ``input_processing``, ``find_placeholder_idx``) feeds its model, because the released
