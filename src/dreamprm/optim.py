@@ -74,6 +74,14 @@ class TransformersAdamW(torch.optim.Optimizer):
                     self._update(params[at:at + size], group, beta1, beta2, step_size)
         return loss
 
+    def _scalar(self, value: float, device) -> torch.Tensor:
+        """A cached fp32 0-dim tensor on ``device`` (made once: no host-to-device copy per step)."""
+        cache = self.__dict__.setdefault("_scalars", {})
+        key = (value, str(device))
+        if key not in cache:
+            cache[key] = torch.tensor(value, dtype=torch.float32, device=device)
+        return cache[key]
+
     def _update(self, params, group, beta1, beta2, step_size):
         grads = [p.grad for p in params]
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
@@ -82,9 +90,9 @@ class TransformersAdamW(torch.optim.Optimizer):
         # The betas go in as fp32 0-dim tensors: a Python scalar in _foreach_mul_ is rounded to
         # the tensors' dtype first (bf16 0.9 = 0.8984), which Tensor.mul_(0.9) does not do.
         device = params[0].device
-        torch._foreach_mul_(exp_avgs, torch.tensor(beta1, dtype=torch.float32, device=device))
+        torch._foreach_mul_(exp_avgs, self._scalar(beta1, device))
         torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, torch.tensor(beta2, dtype=torch.float32, device=device))
+        torch._foreach_mul_(exp_avg_sqs, self._scalar(beta2, device))
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
         denoms = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_add_(denoms, group["eps"])
