@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 
 AGGREGATION_CHOICES = ("mean", "log_mean", "max", "min", "log_odds", "all")
+# Learning-rate schedules of either level (dreamprm.optim): step_lr is upstream's name, step ours.
+SCHEDULER_CHOICES = ("cosine_schedule_with_warmup", "step_lr", "step", "constant")
 
 
 def test_parser() -> argparse.ArgumentParser:
@@ -134,11 +136,11 @@ def train_parser() -> argparse.ArgumentParser:
                    help="initial raw table weight (default: 1.0 for the Instance Table, 0.0 for the Domain Table)")
     g.add_argument("--max_patch_num", type=int, default=6, help="maximum image tiles in training (default: %(default)s)")
     g.add_argument("--scheduler_type", default="cosine_schedule_with_warmup",
-                   choices=("cosine_schedule_with_warmup", "step_lr", "step", "constant"),
+                   choices=SCHEDULER_CHOICES,
                    help="learning-rate schedule of both levels; step_lr (upstream's name; 'step' is the same) is "
                         "StepLR with --scheduler_step_size/--scheduler_gamma (default: %(default)s)")
     g.add_argument("--meta_scheduler_type", default=None,
-                   choices=("cosine_schedule_with_warmup", "step_lr", "step", "constant"),
+                   choices=SCHEDULER_CHOICES,
                    help="the upper level's schedule when it differs (DreamPRM: constant) (default: --scheduler_type)")
     g.add_argument("--warmup_ratio", type=float, default=0.05, help="linear warm-up share of the cosine schedule (default: %(default)s)")
     g.add_argument("--hidden_dim", type=int, default=10, help="Instance Net hidden width (default: %(default)s)")

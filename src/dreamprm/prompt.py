@@ -32,6 +32,9 @@ what every later position sees. So, following upstream:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+
+from .data import IMAGE_PLACEHOLDER
 
 SYSTEM_PROMPT = """You are an advanced AI assistant, designed to serve as a process supervision model. In this task, I will provide a problem statement followed by the first step of the solution process. For each subsequent turn, I will give you a new step in the solution. Your role is to assess whether the solution process is correct up to the current step.
 
@@ -49,7 +52,6 @@ Your task is to verify the accuracy and correctness of each step in the given so
 
 ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 LABELS = ("+", "-")
-IMAGE_PLACEHOLDER = "<image>"
 SEP = "<|im_end|>\n"
 USER_HEAD = "<|im_start|>user\n"
 ASSISTANT_HEAD = "<|im_start|>assistant\n"
@@ -152,16 +154,25 @@ def label_token_ids(tokenizer) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
+@lru_cache(maxsize=8)
+def _label_markup(tokenizer) -> tuple[int, tuple[tuple[str, list[int]], ...]]:
+    """Token count of the assistant header, and the ids of a whole label turn per label
+    (tokenised once per tokenizer, not once per conversation)."""
+    head = tokenizer(ASSISTANT_HEAD, add_special_tokens=False)["input_ids"]
+    patterns = tuple((label, tokenizer(ASSISTANT_HEAD + label + SEP, add_special_tokens=False)["input_ids"])
+                     for label in LABELS)
+    return len(head), patterns
+
+
 def _upstream_label_search(tokenizer, ids: list[int]) -> tuple[list[int], list[int]]:
     """Upstream's ``find_placeholder_idx`` for ``+`` and ``-``: (positions, labels) in order."""
-    head = tokenizer(ASSISTANT_HEAD, add_special_tokens=False)["input_ids"]
+    head_len, patterns = _label_markup(tokenizer)
     found: dict[int, int] = {}
-    for label in LABELS:
-        pattern = tokenizer(ASSISTANT_HEAD + label + SEP, add_special_tokens=False)["input_ids"]
+    for label, pattern in patterns:
         n = len(pattern)
         for i, tok in enumerate(ids):
             if tok == pattern[0] and ids[i : i + n] == pattern:
-                found[i + len(head) - 1] = 1 if label == "+" else 0
+                found[i + head_len - 1] = 1 if label == "+" else 0
     positions = sorted(found)
     return positions, [found[p] for p in positions]
 
