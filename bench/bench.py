@@ -1,6 +1,6 @@
-"""GPU benchmark at the DESIGN §5 shape, through the project's own training and scoring code.
+"""GPU benchmark at the InternVL3-1B training shape (7 tiles, 8 steps of ~60 tokens), through the project's own training and scoring code.
 
-A random-init full-size InternVL3-1B (DESIGN §4; no download) with the bundled tiny tokenizer
+A random-init full-size InternVL3-1B (938 M parameters, built from its config; no download) with the bundled tiny tokenizer
 (ids only need to exist) is saved once and loaded by the same ``from_pretrained`` path a real
 checkpoint takes. Synthetic data: 7 tiles (6 + thumbnail), 8 steps of ~60 tokens; best-of-8
 questions at 13 tiles. Every mode runs in this process, one after the other, with the
@@ -37,13 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PEAK_FLOPS = 989e12  # H100 SXM dense bf16
-FWD_FLOPS = 8.3e12  # DESIGN §5: one forward at 7 tiles / 2,630 tokens (vision 5.1 + text 3.2)
+FWD_FLOPS = 8.3e12  # analytic count: one forward at 7 tiles / 2,630 tokens (vision 5.1 + text 3.2)
 MODE_FLOPS = {"sft": 3 * FWD_FLOPS, "table": 8 * FWD_FLOPS, "net": 8 * FWD_FLOPS, "bon8": 15e12}
 WORDS = "the angle at the base of the triangle equals the sum of the two opposite interior angles so x is".split()
 
 
 def full_size_config(image_token_id: int, layers: int = 24):
-    """InternVL3-1B's shape (DESIGN §4), ``layers`` deep in both towers."""
+    """InternVL3-1B's shape (vision 24 x 1024, Qwen2 text 24 x 896), ``layers`` deep in both towers."""
     from transformers import InternVLConfig
 
     return InternVLConfig(

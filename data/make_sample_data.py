@@ -8,7 +8,7 @@ PRM's "correct up to this step" reading. Three domains word questions and steps
 differently (shapes, charts, scenes) and draw slightly different pictures.
 
 Output is byte-for-byte reproducible: fixed seeds, PNGs without metadata, JSON written with
-``indent=1, ensure_ascii=False`` and a trailing newline. Formats: DESIGN.md §3.
+``indent=1, ensure_ascii=False`` and a trailing newline. Formats: README.md, "Data formats".
 """
 
 from __future__ import annotations

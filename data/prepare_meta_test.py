@@ -18,8 +18,8 @@ Inputs
 * ``--candidates``: JSONL, one generated solution a line: ``{"id" or "question_id", "candidate"}``.
   Candidates keep their file order within a question.
 
-Outputs (DESIGN §3)
--------------------
+Outputs
+-------
 * ``--meta_out``: one record per candidate in the shape of upstream's ``meta_MMMU_Pro.json``:
   ``{"id": "<question id>#<k>", "response": candidate text, "true_false": whether its final
   answer is right, "image", "conversations"}``, the conversation being the PRM system turn, the

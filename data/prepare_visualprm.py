@@ -35,9 +35,10 @@ Rules
 * **Label.** A step is ``+`` iff its MC score > ``--mc_threshold`` (default ``0.0``: VisualPRM's rule,
   "a step is correct if mc_i > 0", from the same dataset card and the VisualPRM paper,
   arXiv:2503.10291), else ``-``. All steps are kept (no truncation after the first ``-``).
-* **Format** (DESIGN §3): ``{"id", "image", "conversations": [{"from": "human", "value":
-  "### Question:\\n{q}"}, then per step {"from": "human", "value": step}, {"from": "gpt",
-  "value": "+"|"-"}], "dataset"}``. A leading ``<image>`` tag in the question is removed (the
+* **Format** (the training format of README "Data formats"): ``{"id", "image",
+  "conversations": [{"from": "human", "value": "### Question:\\n{q}"}, then per step
+  {"from": "human", "value": step}, {"from": "gpt", "value": "+"|"-"}], "dataset"}``.
+  A leading ``<image>`` tag in the question is removed (the
   prompt builder places the image). ``id`` is the record's ``id`` when it has one, else
   ``<file stem>:<line>``. ``image`` is ``--image_root``/path when that option is given.
 * **Balance** (DreamPRM-1.5: "positives and negatives balanced"; our reading, at the instance

@@ -1,7 +1,8 @@
 """Tiling arithmetic: hand-worked grids, agreement with transformers' GotOcr2 processor, loading.
 
-Our ``find_grid`` is the reference rule (DESIGN §2); transformers agrees with it everywhere
-in the sweeps below (min_tiles 1..max_tiles included).
+Our ``find_grid`` is the reference rule (InternVL's ``dynamic_preprocess``: the grid with the
+closest aspect ratio, ties to the larger grid when the image covers more than half of its area);
+transformers agrees with it everywhere in the sweeps below (min_tiles 1..max_tiles included).
 
 Known difference from InternVL's *original* code, not from transformers: inside one ``i*j``
 InternVL iterates a Python ``set`` (CPython hash order, e.g. (4,1) before (1,4) before (2,2))

@@ -1,4 +1,4 @@
-"""The PRM conversation: ChatML text, image placement and label positions (DESIGN §2).
+"""The PRM conversation: ChatML text, image placement and label positions.
 
 The core check is an oracle: upstream DreamPRM-1.5's own construction (``utils.py``: the
 ``internvl2_5`` conversation template rendered in ``SeparatorStyle.MPT``, ``input_processing``,
