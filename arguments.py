@@ -49,7 +49,15 @@ def test_parser() -> argparse.ArgumentParser:
                         "fp32 = upcast first (default: %(default)s)")
     p.add_argument("--skip_bad_records", action="store_true",
                    help="drop invalid records (and say how many) instead of stopping")
-    p.add_argument("--figs_dir", default="figs", help="where the accuracy-vs-N figure goes (default: %(default)s)")
+    p.add_argument("--max_length", type=int, default=None,
+                   help="longest token sequence scored (prompt + image tokens + steps); a longer candidate is scored "
+                        "over the steps that fit and the report counts it (default: the model's "
+                        "max_position_embeddings)")
+    p.add_argument("--allow_nonfinite", action="store_true",
+                   help="continue when the PRM returns non-finite step scores (a diverged model): such candidates "
+                        "are never selected and the report counts them; without it they are an error")
+    p.add_argument("--figs_dir", default=None,
+                   help="where the accuracy-vs-N figure and its data go (default: figs/ beside --output_file)")
     return p
 
 
@@ -79,7 +87,9 @@ def train_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("bi-level optimization")
     g.add_argument("--iteration_num", type=int, default=100000, help="total (lower-level) iterations (default: %(default)s)")
-    g.add_argument("--save_every_iterations", type=int, default=1, help="export + checkpoint every N iterations (default: %(default)s)")
+    g.add_argument("--save_every_iterations", type=int, default=1000, help="export + checkpoint every N iterations; the public code saves every iteration, which at 1B "
+                        "parameters writes gigabytes per iteration, so this default is a deliberate difference "
+                        "(default: %(default)s)")
     g.add_argument("--unroll_steps", type=int, default=1, help="lower steps per upper step (default: %(default)s)")
     g.add_argument("--gradiant_accumulation", type=int, default=1, help="gradient accumulation steps, both levels (default: %(default)s)")
     g.add_argument("--gradiant_clipping", type=float, default=1.0, help="gradient-norm clipping, both levels; 0 = off (default: %(default)s)")
@@ -91,7 +101,7 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", default="bf16", choices=("fp32", "bf16"), help="model weights dtype and autocast (default: %(default)s)")
     g.add_argument("--strategy", default="default", help="Betty strategy; only 'default' is supported on one device (default: %(default)s)")
     g.add_argument("--rollback", action="store_true", help="Betty roll-back of the lower level after the upper step")
-    g.add_argument("--baseline", action="store_true", help="train the lower level alone with weight 1 (no reweighting)")
+    g.add_argument("--baseline", action="store_true", help="train the lower level alone with weight 1; DreamPRM's name for what --retrain 1 does")
     g.add_argument("--seed", type=int, default=1, help="random seed: data order and initialisation (default: %(default)s)")
     g.add_argument("--local_rank", type=int, default=0, help="kept for upstream compatibility; unused")
 
@@ -123,7 +133,7 @@ def train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("method")
     g.add_argument("--reweighting", default="table", choices=("table", "net", "domain"),
                    help="Instance Table, Instance Net, or DreamPRM's Domain Table (default: %(default)s)")
-    g.add_argument("--retrain", type=_flag_bool, default=False, help="1 = plain SFT of the lower level (cold start) (default: %(default)s)")
+    g.add_argument("--retrain", type=_flag_bool, default=False, help="1 = plain SFT of the lower level alone (the cold start); 0 = bi-level reweighting (default: 0)")
     g.add_argument("--activation_function", default=None, choices=("LeakyReLU", "ReLU", "No", "Clip", "sigmoid"),
                    help="activation of the table entries / of the Instance Net's output (default: Clip for the "
                         "table, as the public run_table.sh and paper section 2.2; sigmoid for the net, as "
@@ -161,10 +171,80 @@ def train_parser() -> argparse.ArgumentParser:
                         "compile time; experimental: on an H100 in bf16 it was barely faster at the benchmark shape and "
                         "moved step probabilities by up to 4e-2; see bench/RESULTS.md)")
     g.add_argument("--attn_implementation", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"), help="(default: %(default)s)")
-    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --weights_path")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --weights_path from its latest complete checkpoint; refused when the "
+                        "checkpoint was made with another reweighting, model, data or sizes")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a --weights_path that holds another run: the files this project wrote "
+                        "there are replaced (without it such a folder is refused)")
+    g.add_argument("--max_length", type=int, default=None,
+                   help="longest training sequence in tokens (prompt + image tokens + steps); a longer record is an "
+                        "error, or is dropped with --skip_bad_records (default: the model's max_position_embeddings)")
     g.add_argument("--keep_checkpoints", type=int, default=2, help="checkpoints kept in --weights_path/checkpoints (default: %(default)s)")
     g.add_argument("--max_bad_steps", type=int, default=10, help="stop after this many non-finite updates in a row (default: %(default)s)")
     g.add_argument("--skip_bad_records", action="store_true", help="drop invalid records (and say how many) instead of stopping")
-    g.add_argument("--figs_dir", default="figs", help="where training figures go (default: %(default)s)")
+    g.add_argument("--figs_dir", default=None, help="where training figures go (default: <weights_path>/figs)")
     g.add_argument("--no_progress", action="store_true", help="no tqdm bar (e.g. in log files)")
     return p
+
+
+# -- flag values that parse but make no sense: refused in one line before any model loads ------
+
+
+class FlagError(ValueError):
+    """A flag value outside its range; the CLIs print ``error: <message>`` and exit 2."""
+
+
+def _finite(x) -> bool:
+    return x == x and x not in (float("inf"), float("-inf"))
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise FlagError(message)
+
+
+def check_train_args(args) -> None:
+    """Raise ``FlagError`` for the first ``train.py`` flag whose value is out of range."""
+    for name in ("batch_size", "meta_batch_size", "unroll_steps", "gradiant_accumulation", "iteration_num",
+                 "save_every_iterations", "max_patch_num", "max_bad_steps", "hidden_dim",
+                 "scheduler_step_size", "meta_scheduler_step_size"):
+        value = getattr(args, name)
+        _require(value >= 1, f"--{name} must be at least 1 (got {value})")
+    _require(args.keep_checkpoints >= 1, f"--keep_checkpoints must be at least 1 (got {args.keep_checkpoints})")
+    if args.max_length is not None:
+        _require(args.max_length >= 1, f"--max_length must be at least 1 (got {args.max_length})")
+    if args.num_workers is not None:
+        _require(args.num_workers >= 0, f"--num_workers must be 0 or more (got {args.num_workers})")
+    for name in ("lr", "meta_lr", "weight_decay", "meta_weight_decay", "adam_epsilon", "gradiant_clipping",
+                 "darts_alpha", "initialization", "warmup_ratio", "momentum", "meta_momentum",
+                 "scheduler_gamma", "meta_scheduler_gamma"):
+        value = getattr(args, name)
+        _require(value is None or _finite(value), f"--{name} must be a finite number (got {value})")
+    for name in ("lr", "meta_lr", "weight_decay", "meta_weight_decay", "gradiant_clipping"):
+        value = getattr(args, name)
+        _require(value >= 0, f"--{name} must be 0 or more (got {value})")
+    if args.adam_epsilon is not None:
+        _require(args.adam_epsilon > 0, f"--adam_epsilon must be positive (got {args.adam_epsilon})")
+    for name in ("momentum", "meta_momentum"):
+        value = getattr(args, name)
+        _require(0 <= value < 1, f"--{name} (Adam beta1) must be in [0, 1) (got {value})")
+    for name in ("scheduler_gamma", "meta_scheduler_gamma"):
+        value = getattr(args, name)
+        _require(value > 0, f"--{name} must be positive (got {value})")
+    _require(0 <= args.warmup_ratio <= 1, f"--warmup_ratio must be in [0, 1] (got {args.warmup_ratio})")
+    _require(args.darts_alpha > 0, f"--darts_alpha must be positive (got {args.darts_alpha})")
+    if args.reweighting == "domain" and args.activation_function is not None:
+        raise FlagError("--activation_function does not apply to --reweighting domain: DreamPRM's Domain Table "
+                        "weighs domains by softplus(raw) / mean(softplus(raw))")
+    _require(not (args.resume and args.overwrite), "--resume and --overwrite contradict each other: pick one")
+
+
+def check_test_args(args) -> None:
+    """Raise ``FlagError`` for the first ``test.py`` flag whose value is out of range."""
+    for name in ("batch_size", "max_patch_num"):
+        value = getattr(args, name)
+        _require(value >= 1, f"--{name} must be at least 1 (got {value})")
+    _require(args.prefetch >= 0, f"--prefetch must be 0 or more (got {args.prefetch})")
+    if args.max_length is not None:
+        _require(args.max_length >= 1, f"--max_length must be at least 1 (got {args.max_length})")

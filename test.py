@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import sys
 
-from arguments import test_parser
+from arguments import FlagError, check_test_args, test_parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = test_parser().parse_args(argv)
-    if args.batch_size < 1 or args.max_patch_num < 1:
-        print("error: --batch_size and --max_patch_num must be at least 1", file=sys.stderr)
+    try:
+        check_test_args(args)
+    except FlagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     from dreamprm.bestofn import run
 

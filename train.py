@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import sys
 
-from arguments import train_parser
+from arguments import FlagError, check_train_args, train_parser
 
 
 def main(argv=None) -> int:
     args = train_parser().parse_args(argv)
+    try:
+        check_train_args(args)
+    except FlagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from dreamprm.data import DataError
-    from dreamprm.trainer import Trainer, TrainingDiverged, TrainingInterrupted, check_finite_config, write_figures
+    from dreamprm.trainer import Trainer, TrainingDiverged, TrainingInterrupted, write_figures
 
-    check_finite_config(args)
     try:
         trainer = Trainer(args)
         out = trainer.run()

@@ -325,15 +325,3 @@ def write_figures(trainer: Trainer) -> list[Path]:
         values = {k: (v["weight"] if isinstance(v, dict) else v) for k, v in weights.items()}
         paths.append(plot_weights(values, domain_of, figs / f"{name}_weights.png", trainer._stage()))
     return paths
-
-
-def check_finite_config(args) -> None:
-    for name in ("lr", "meta_lr", "weight_decay", "meta_weight_decay", "adam_epsilon"):
-        value = getattr(args, name)
-        if value is not None and not math.isfinite(value):
-            raise SystemExit(f"error: --{name} must be finite")
-    if args.reweighting == "domain" and args.activation_function is not None:
-        raise SystemExit("error: --activation_function does not apply to --reweighting domain: DreamPRM's "
-                         "Domain Table weighs domains by softplus(raw) / mean(softplus(raw))")
-    if args.save_every_iterations < 1 or args.iteration_num < 1:
-        raise SystemExit("error: --iteration_num and --save_every_iterations must be >= 1")
