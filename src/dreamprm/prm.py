@@ -19,6 +19,11 @@ from .prompt import label_token_ids
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+class ModelLoadError(Exception):
+    """A model that cannot be loaded (missing folder, unreachable hub id, unreadable files).
+    The message is one line; the CLIs print it as ``error: <message>`` and exit 2."""
+
+
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     """``tiny`` means the bundled tiny InternVL; anything else is a folder or a hub id."""
     if str(name_or_path) == "tiny":
