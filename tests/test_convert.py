@@ -221,3 +221,131 @@ def test_cli_error_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert str(tmp_path) in err and "model_type" in err
+
+
+# ------------------------------------------------------------------ destination checked first
+def test_busy_destination_is_refused_before_any_weight_is_read(native_dir, chat_dir, tmp_path):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x").write_text("x")
+    for src in (native_dir, chat_dir):  # both directions, with weights that cannot be read
+        bad = _copy(src, tmp_path / f"bad-{src.parent.name}")
+        (bad / "model.safetensors").write_bytes(b"\x00" * 64)
+        with pytest.raises(ConversionError, match=r"destination exists and is not empty") as e:
+            convert(bad, busy)
+        assert str(e.value) == f"{busy}: destination exists and is not empty (pass --overwrite)"
+        with pytest.raises(ConversionError, match=r"cannot (read|load)"):
+            convert(bad, tmp_path / "fresh")
+        assert not (tmp_path / "fresh").exists()  # a failed conversion leaves no empty destination behind
+
+
+# ------------------------------------------------------------------ rope scaling for transformers 4.49
+def test_scaled_rope_is_written_as_rope_scaling(native_dir, tmp_path):
+    src = _copy(native_dir, tmp_path / "linear")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["text_config"]["rope_parameters"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 500000.0}
+    (src / "config.json").write_text(json.dumps(cfg))
+    chat = convert(src, tmp_path / "chat")
+    llm = json.loads((chat / "config.json").read_text())["llm_config"]
+    # what Qwen2Config/LlamaConfig of transformers 4.49 read: a top-level rope_theta and a
+    # rope_scaling dict with the type (both names) and the factor
+    assert "rope_parameters" not in llm
+    assert llm["rope_theta"] == 500000.0
+    assert llm["rope_scaling"] == {"rope_type": "linear", "type": "linear", "factor": 2.0}
+    back = convert(chat, tmp_path / "back")
+    assert InternVLConfig.from_pretrained(back).text_config.rope_parameters == {
+        "rope_type": "linear", "factor": 2.0, "rope_theta": 500000.0}
+    # plain RoPE: rope_scaling null, as 4.49 writes it
+    plain = json.loads((convert(native_dir, tmp_path / "plain") / "config.json").read_text())["llm_config"]
+    assert plain["rope_scaling"] is None and plain["rope_theta"] == 1_000_000.0 and "rope_parameters" not in plain
+
+
+# ------------------------------------------------------------------ shard names from the index
+def _shard(chat_dir, folder):
+    """``folder``: the chat checkpoint with its weights in two shards and an index."""
+    from safetensors.torch import save_file
+
+    folder = _copy(chat_dir, folder)
+    sd = load_chat_state_dict(folder)
+    (folder / "model.safetensors").unlink()
+    keys = sorted(sd)
+    names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    halves = [keys[: len(keys) // 2], keys[len(keys) // 2 :]]
+    weight_map = {}
+    for name, part in zip(names, halves):
+        save_file({k: sd[k].contiguous() for k in part}, str(folder / name))
+        weight_map.update({k: name for k in part})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder, weight_map
+
+
+def _set_shard(folder, weight_map, old, new):
+    wm = {k: (new if v == old else v) for k, v in weight_map.items()}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
+
+
+def test_index_shards_outside_the_folder_are_refused(chat_dir, tmp_path):
+    import os
+
+    folder, weight_map = _shard(chat_dir, tmp_path / "sharded")
+    whole = load_chat_state_dict(chat_dir)
+    got = load_chat_state_dict(folder)
+    assert got.keys() == whole.keys() and all(torch.equal(got[k], whole[k]) for k in got)
+
+    second = "model-00002-of-00002.safetensors"
+    outside = tmp_path / second  # a readable weight file beside the checkpoint
+    shutil.copy(folder / second, outside)
+    for name in ("../" + second, str(outside)):
+        _set_shard(folder, weight_map, second, name)
+        with pytest.raises(ConversionError) as e:
+            load_chat_state_dict(folder)
+        assert str(e.value) == (f"{folder}: model.safetensors.index.json names weight file '{name}' outside the folder; "
+                                "refusing to read it")
+    _set_shard(folder, weight_map, second, "link.safetensors")
+    os.symlink(outside, folder / "link.safetensors")
+    with pytest.raises(ConversionError, match=r"weight file 'link.safetensors' \(listed in model.safetensors.index.json\) "
+                                              r"is a link to .*, outside the folder; refusing to read it"):
+        convert(folder, tmp_path / "out")
+    # the hub cache's own layout (snapshot files linking into the repository's blobs/) is accepted
+    snap = tmp_path / "models--a--b" / "snapshots" / ("c" * 40)
+    (tmp_path / "models--a--b" / "blobs").mkdir(parents=True)
+    shutil.copytree(folder, snap, symlinks=False)
+    (snap / "link.safetensors").unlink()
+    blob = tmp_path / "models--a--b" / "blobs" / "0123abcd"
+    shutil.copy(outside, blob)
+    os.symlink(os.path.relpath(blob, snap), snap / "link.safetensors")
+    got = load_chat_state_dict(snap)
+    assert all(torch.equal(got[k], whole[k]) for k in whole)
+
+
+# ------------------------------------------------------------------ every CLI error on one line
+def _one_error_line(capfd):
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_cli_errors_are_one_line(chat_dir, tmp_path, capfd):
+    with pytest.raises(SystemExit) as e:
+        main([str(chat_dir), str(tmp_path / "o"), "--dtype", "float8"])
+    assert e.value.code == 2
+    assert _one_error_line(capfd).startswith("error: argument --dtype: invalid choice: 'float8'")
+
+    (tmp_path / "a_file").write_text("x")
+    assert main([str(chat_dir), str(tmp_path / "a_file")]) == 2
+    assert _one_error_line(capfd) == f"error: {tmp_path / 'a_file'}: destination exists and is not a folder"
+
+    bad = _copy(chat_dir, tmp_path / "bad")
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "downsample_ratio": "half"}))
+    assert main([str(bad), str(tmp_path / "o2")]) == 2
+    assert _one_error_line(capfd).startswith(f"error: {bad}: config.json has a malformed 'force_image_size', ")
+
+    (bad / "config.json").write_text(json.dumps({**cfg, "vision_config": [1, 2]}))
+    assert main([str(bad), str(tmp_path / "o3")]) == 2
+    assert _one_error_line(capfd) == f"error: {bad}: config.json keys 'vision_config' and 'llm_config' must be objects"
+
+    (bad / "config.json").write_text("[1, 2]")
+    assert main([str(bad), str(tmp_path / "o4")]) == 2
+    assert _one_error_line(capfd) == f"error: {bad}: config.json is not a JSON object"

@@ -34,7 +34,11 @@ The upstream *Python* files (``modeling_internvl_chat.py``...) are not generated
 ``--remote_code_from`` an original chat checkpoint to copy its ``*.py`` next to the converted
 weights. Only Qwen2 and Llama language models are supported (InternLM2's fused ``wqkv`` is not).
 Every failure is a :class:`ConversionError` whose one-line message names the folder and, where
-there is one, the key; the CLI prints it without a traceback and exits with status 2.
+there is one, the key; the CLI prints it without a traceback and exits with status 2 (a bad flag
+too). The destination is checked before anything is read, so a busy DST fails at once.
+
+:func:`load_chat_as_native` does the chat -> native direction in memory (no files written):
+``ProcessRewardModel.from_pretrained`` uses it, so every command accepts a chat-layout folder.
 """
 
 from __future__ import annotations
@@ -131,6 +135,9 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16")
 class ConversionError(Exception):
     """A conversion failure, with a one-line message naming the folder and the key."""
 
+    def __init__(self, message: str):
+        super().__init__(re.sub(r"\s*\n\s*", " ", str(message)).strip())
+
 
 # ----------------------------------------------------------------------------------------------
 # key mapping
@@ -206,11 +213,16 @@ def native_to_chat_state_dict(sd: dict, where: str = "<state dict>") -> dict:
 # ----------------------------------------------------------------------------------------------
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConversionError(f"{path.parent}: no {path.name}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConversionError(f"{path.parent}: {path.name} is not valid JSON ({e})") from None
+    except OSError as e:
+        raise ConversionError(f"{path.parent}: cannot read {path.name} ({e.strerror or e})") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path.parent}: {path.name} is not a JSON object")
+    return data
 
 
 def detect_layout(folder: str | Path) -> str:
@@ -230,6 +242,28 @@ def detect_layout(folder: str | Path) -> str:
     )
 
 
+def _shard_path(folder: Path, name: str, index_name: str) -> Path:
+    """The file a weight index names, refused unless it lies inside ``folder``.
+
+    An index is data from whoever made the checkpoint: an absolute name, a ``..`` component or a
+    symlink resolving outside the folder would read a file the checkpoint does not contain.
+    One exception, the Hugging Face hub cache: a snapshot folder (``.../snapshots/<revision>/``)
+    holds symlinks into the repository's own ``blobs/`` folder, and those are accepted.
+    """
+    windows_abs = re.match(r"[A-Za-z]:", name) is not None
+    parts = re.split(r"[\\/]", name)
+    if not name or name.startswith(("/", "\\", "~")) or windows_abs or ".." in parts or Path(name).is_absolute():
+        raise ConversionError(f"{folder}: {index_name} names weight file '{name}' outside the folder; refusing to read it")
+    path = folder / name
+    real, root = path.resolve(), folder.resolve()
+    blobs = (folder.parent.parent / "blobs").resolve() if folder.parent.name == "snapshots" else None
+    if not (real.is_relative_to(root) or (blobs is not None and real.is_relative_to(blobs))):
+        raise ConversionError(
+            f"{folder}: weight file '{name}' (listed in {index_name}) is a link to {real}, outside the folder; "
+            "refusing to read it")
+    return path
+
+
 def load_chat_state_dict(folder: str | Path) -> dict:
     """All tensors of a chat-layout folder (safetensors, sharded or not; else pytorch_model.bin)."""
     import torch
@@ -238,8 +272,10 @@ def load_chat_state_dict(folder: str | Path) -> dict:
     folder = Path(folder)
     for index_name, loader in (("model.safetensors.index.json", "st"), ("pytorch_model.bin.index.json", "pt")):
         if (folder / index_name).exists():
-            shards = sorted(set(_read_json(folder / index_name).get("weight_map", {}).values()))
-            files = [folder / s for s in shards]
+            weight_map = _read_json(folder / index_name).get("weight_map", {})
+            if not isinstance(weight_map, dict):
+                raise ConversionError(f"{folder}: {index_name} key 'weight_map' is not an object")
+            files = [_shard_path(folder, name, index_name) for name in sorted(set(map(str, weight_map.values())))]
             break
     else:
         if (folder / "model.safetensors").exists():
@@ -255,7 +291,7 @@ def load_chat_state_dict(folder: str | Path) -> dict:
         try:
             part = load_file(str(f)) if loader == "st" else torch.load(str(f), map_location="cpu", weights_only=True)
         except Exception as e:  # corrupt file
-            raise ConversionError(f"{folder}: cannot read '{f.name}' ({type(e).__name__}: {e})") from None
+            raise ConversionError(f"{folder}: cannot read '{f.name}' ({_one_line(e)})") from None
         sd.update(part)
     return sd
 
@@ -268,12 +304,21 @@ def _torch_dtype(name: str):
     return None if name == "auto" else getattr(torch, name)
 
 
-def _prepare_dst(dst: Path, overwrite: bool, src: Path) -> None:
+def _check_dst(dst: Path, overwrite: bool, src: Path) -> None:
+    """Refuse an unusable destination before any weight is read (a big checkpoint takes minutes)."""
     if dst.resolve() == src.resolve():
         raise ConversionError(f"{dst}: destination is the source folder")
+    if dst.exists() and not dst.is_dir():
+        raise ConversionError(f"{dst}: destination exists and is not a folder")
     if dst.exists() and any(dst.iterdir()) and not overwrite:
         raise ConversionError(f"{dst}: destination exists and is not empty (pass --overwrite)")
-    dst.mkdir(parents=True, exist_ok=True)
+
+
+def _make_dst(dst: Path) -> None:
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConversionError(f"{dst}: cannot create the destination ({e.strerror or e})") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,6 +336,8 @@ def chat_config_to_native(chat: dict, image_token_id: int, folder: str = "<confi
         vc, lc = dict(chat["vision_config"]), dict(chat["llm_config"])
     except KeyError as e:
         raise ConversionError(f"{folder}: config.json has no key {e.args[0]!r}") from None
+    except (TypeError, ValueError):
+        raise ConversionError(f"{folder}: config.json keys 'vision_config' and 'llm_config' must be objects") from None
     arch = (lc.get("architectures") or [None])[0]
     if arch not in _LLM_ARCH:
         raise ConversionError(f"{folder}: config.json key 'llm_config.architectures' is {arch!r}; supported: {sorted(_LLM_ARCH)}")
@@ -299,9 +346,14 @@ def chat_config_to_native(chat: dict, image_token_id: int, folder: str = "<confi
     for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size"):
         if k not in vc:
             raise ConversionError(f"{folder}: config.json has no key 'vision_config.{k}'")
-    image_size = _as_int(chat.get("force_image_size") or vc.get("image_size", 448))
-    patch = _as_int(vc["patch_size"])
-    ratio = float(chat.get("downsample_ratio", 0.5))
+    try:
+        image_size = _as_int(chat.get("force_image_size") or vc.get("image_size", 448))
+        patch = _as_int(vc["patch_size"])
+        ratio = float(chat.get("downsample_ratio", 0.5))
+    except (TypeError, ValueError, IndexError) as e:
+        raise ConversionError(
+            f"{folder}: config.json has a malformed 'force_image_size', 'vision_config.patch_size' or "
+            f"'downsample_ratio' ({_one_line(e)})") from None
     vision = dict(
         hidden_size=vc["hidden_size"], num_hidden_layers=vc["num_hidden_layers"],
         num_attention_heads=vc["num_attention_heads"], intermediate_size=vc["intermediate_size"],
@@ -314,7 +366,7 @@ def chat_config_to_native(chat: dict, image_token_id: int, folder: str = "<confi
         layer_scale_init_value=vc.get("initializer_factor", 0.1),
         use_mean_pooling=True, use_absolute_position_embeddings=True,
     )
-    text = {k: v for k, v in lc.items() if k not in _LLM_DROP}
+    text = {k: v for k, v in _rope_from_chat(lc).items() if k not in _LLM_DROP}
     text["model_type"] = _LLM_ARCH[arch]
     tie = bool(lc.get("tie_word_embeddings", chat.get("tie_word_embeddings", False)))
     extras = {k: chat[k] for k in _CHAT_EXTRAS if k in chat}
@@ -326,7 +378,39 @@ def chat_config_to_native(chat: dict, image_token_id: int, folder: str = "<confi
             tie_word_embeddings=tie, architectures=["InternVLForConditionalGeneration"], internvl_chat=extras,
         )
     except Exception as e:  # strict config validation
-        raise ConversionError(f"{folder}: config.json cannot be expressed natively ({type(e).__name__}: {e})".replace("\n", " ")) from None
+        raise ConversionError(f"{folder}: config.json cannot be expressed natively ({type(e).__name__}: {e})") from None
+
+
+def _rope_to_chat(rope: dict | None, scaling: dict | None = None) -> dict:
+    """transformers 5 ``rope_parameters`` as the fields upstream's pinned transformers (4.49) reads.
+
+    4.49's Qwen2/Llama configs take ``rope_theta`` as a top-level field and a scaled rotary
+    embedding as ``rope_scaling = {"rope_type": ..., "factor": ..., ...}`` (``None`` for plain
+    RoPE); ``type`` is written beside ``rope_type`` for versions before 4.43, which read that name.
+    """
+    rope = dict(rope or scaling or {})
+    if rope and all(isinstance(v, dict) or v is None for v in rope.values()):
+        raise ConversionError("<config>: per-layer-type rope_parameters have no chat-layout counterpart")
+    out: dict = {}
+    if "rope_theta" in rope:
+        out["rope_theta"] = rope.pop("rope_theta")
+    if "partial_rotary_factor" in rope:
+        out["partial_rotary_factor"] = rope.pop("partial_rotary_factor")
+    kind = rope.pop("rope_type", None) or rope.pop("type", None) or "default"
+    rope.pop("type", None)
+    out["rope_scaling"] = None if kind == "default" else {"rope_type": kind, "type": kind, **rope}
+    return out
+
+
+def _rope_from_chat(lc: dict) -> dict:
+    """A chat ``llm_config``'s ``rope_scaling`` with one type key (``rope_type``), as transformers 5 expects."""
+    scaling = lc.get("rope_scaling")
+    if isinstance(scaling, dict):
+        scaling = dict(scaling)
+        kind = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
+        scaling.pop("type", None)
+        lc = {**lc, "rope_scaling": {"rope_type": kind, **scaling}}
+    return lc
 
 
 def native_config_to_chat(cfg, max_patches: int = 12, min_patches: int = 1, dtype: str | None = None) -> dict:
@@ -339,11 +423,7 @@ def native_config_to_chat(cfg, max_patches: int = 12, min_patches: int = 1, dtyp
         raise ConversionError("<config>: vision_config.use_mean_pooling=false (a final vision layernorm) has no chat-layout counterpart")
     llm = {k: val for k, val in t.to_dict().items() if k not in _LLM_DROP and k not in _LLM_NOISE}
     llm["architectures"] = [arch]
-    rope = llm.get("rope_parameters") or {}
-    if "rope_theta" in rope:
-        llm["rope_theta"] = rope["rope_theta"]
-        if rope.get("rope_type", "default") == "default":
-            llm.pop("rope_parameters")
+    llm.update(_rope_to_chat(llm.pop("rope_parameters", None), llm.pop("rope_scaling", None)))
     image_size = _as_int(v.image_size)
     vision = dict(
         architectures=["InternVisionModel"], model_type="intern_vit_6b", hidden_size=v.hidden_size,
@@ -398,7 +478,7 @@ def _load_tokenizer(folder: Path):
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), extra_special_tokens=dict(IMAGE_TOKENS), trust_remote_code=False)
     except Exception as e:
-        raise ConversionError(f"{folder}: cannot load the tokenizer ({type(e).__name__}: {e})".replace("\n", " ")) from None
+        raise ConversionError(f"{folder}: cannot load the tokenizer ({_one_line(e)})") from None
     finally:
         hf_logging.set_verbosity(level)
     vocab = tok.get_vocab()
@@ -429,15 +509,15 @@ def _write_slow_vocab(tok, dst: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 # the two directions
 # ----------------------------------------------------------------------------------------------
-def convert_to_hf(src: str | Path, dst: str | Path, dtype: str = "auto", overwrite: bool = False) -> Path:
-    """Chat layout -> native ``InternVLForConditionalGeneration`` + ``InternVLProcessor`` in ``dst``."""
-    import torch
-    from transformers import GotOcr2ImageProcessor, InternVLForConditionalGeneration, InternVLProcessor
+def _chat_checkpoint(src: Path, tdtype=None):
+    """What a chat-layout folder holds, in native terms, checked key by key and shape by shape.
 
-    src, dst = Path(src), Path(dst)
-    if detect_layout(src) != CHAT:
-        raise ConversionError(f"{src}: not a chat-layout checkpoint (config.json model_type is 'internvl'); use --direction to_chat")
-    tdtype = _torch_dtype(dtype)
+    Returns (chat config dict, tokenizer, ``InternVLConfig``, native state dict, the model built
+    on the meta device); with ``tdtype`` the floating tensors are cast to it.
+    """
+    import torch
+    from transformers import InternVLForConditionalGeneration
+
     chat = _read_json(src / "config.json")
     tok = _load_tokenizer(src)
     config = chat_config_to_native(chat, tok.convert_tokens_to_ids(IMAGE_TOKENS["context_image_token"]), str(src))
@@ -462,14 +542,15 @@ def convert_to_hf(src: str | Path, dst: str | Path, dtype: str = "auto", overwri
             back = native_key_to_chat(k)
             raise ConversionError(
                 f"{src}: key '{back[0] if back else k}' has shape {tuple(v.shape)}, config expects {tuple(expected[k].shape)}")
-    model.load_state_dict(sd, strict=False, assign=True)
-    if config.tie_word_embeddings:
-        model.tie_weights()
     dtypes = {v.dtype for v in sd.values() if v.is_floating_point()}
     if len(dtypes) == 1:
         config.dtype = str(next(iter(dtypes))).replace("torch.", "")
-    _prepare_dst(dst, overwrite, src)
-    model.save_pretrained(str(dst), safe_serialization=True)
+    return chat, tok, config, sd, model
+
+
+def _native_processor(chat: dict, tok, config):
+    """The ``InternVLProcessor`` of a chat checkpoint: its tokenizer, InternVL's tiling and normalisation."""
+    from transformers import GotOcr2ImageProcessor, InternVLProcessor
 
     image_size = _as_int(config.vision_config.image_size)
     image_processor = GotOcr2ImageProcessor(
@@ -487,10 +568,55 @@ def convert_to_hf(src: str | Path, dst: str | Path, dtype: str = "auto", overwri
             size={"height": image_size, "width": image_size}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
     except ImportError:  # older transformers: the processor builds without one
         pass
-    processor = InternVLProcessor(image_processor=image_processor, tokenizer=tok,
-                                  image_seq_length=config.image_seq_length, chat_template=CHAT_TEMPLATE, **kwargs)
-    processor.save_pretrained(str(dst))
+    return InternVLProcessor(image_processor=image_processor, tokenizer=tok,
+                             image_seq_length=config.image_seq_length, chat_template=CHAT_TEMPLATE, **kwargs)
+
+
+def _require_chat(src: Path) -> None:
+    if detect_layout(src) != CHAT:
+        raise ConversionError(f"{src}: not a chat-layout checkpoint (config.json model_type is 'internvl'); use --direction to_chat")
+
+
+def convert_to_hf(src: str | Path, dst: str | Path, dtype: str = "auto", overwrite: bool = False) -> Path:
+    """Chat layout -> native ``InternVLForConditionalGeneration`` + ``InternVLProcessor`` in ``dst``."""
+    src, dst = Path(src), Path(dst)
+    _require_chat(src)
+    tdtype = _torch_dtype(dtype)
+    _check_dst(dst, overwrite, src)
+    chat, tok, config, sd, model = _chat_checkpoint(src, tdtype)
+    model.load_state_dict(sd, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    _make_dst(dst)
+    model.save_pretrained(str(dst), safe_serialization=True)
+    _native_processor(chat, tok, config).save_pretrained(str(dst))
     return dst
+
+
+def load_chat_as_native(src: str | Path, dtype=None, attn_implementation: str | None = None):
+    """(model, processor) of a chat-layout folder, converted in memory; nothing is written.
+
+    The model is the ``InternVLForConditionalGeneration`` that ``convert_to_hf`` followed by
+    ``from_pretrained`` gives (same tensors, config and buffers), in ``dtype`` (a torch dtype;
+    None keeps the stored one); the processor is the one ``convert_to_hf`` writes. Errors are
+    ``ConversionError`` with a one-line message.
+    """
+    from transformers import InternVLForConditionalGeneration
+
+    src = Path(src)
+    _require_chat(src)
+    try:
+        chat, tok, config, sd, _ = _chat_checkpoint(src, dtype)
+        config._name_or_path = str(src)
+        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = InternVLForConditionalGeneration.from_pretrained(
+            None, config=config, state_dict=sd, dtype=dtype if dtype is not None else "auto", **kwargs)
+        processor = _native_processor(chat, tok, config)
+    except ConversionError:
+        raise
+    except Exception as e:
+        raise ConversionError(f"{src}: cannot convert the chat-layout checkpoint ({_one_line(e)})") from e
+    return model, processor
 
 
 def convert_to_chat(src: str | Path, dst: str | Path, dtype: str = "auto", overwrite: bool = False,
@@ -503,10 +629,17 @@ def convert_to_chat(src: str | Path, dst: str | Path, dtype: str = "auto", overw
     if detect_layout(src) != NATIVE:
         raise ConversionError(f"{src}: not a native-layout checkpoint (config.json says InternVLChatModel); use --direction to_hf")
     tdtype = _torch_dtype(dtype)
+    _check_dst(dst, overwrite, src)
+    code_files = []
+    if remote_code_from is not None:
+        rc = Path(remote_code_from)
+        code_files = sorted(rc.glob("*.py")) if rc.is_dir() else []
+        if not code_files:
+            raise ConversionError(f"{rc}: no upstream *.py files to copy (--remote_code_from)")
     try:
         model = InternVLForConditionalGeneration.from_pretrained(str(src), dtype=tdtype if tdtype is not None else "auto")
     except Exception as e:
-        raise ConversionError(f"{src}: cannot load the native model ({type(e).__name__}: {e})".replace("\n", " ")) from None
+        raise ConversionError(f"{src}: cannot load the native model ({_one_line(e)})") from None
     tok = _load_tokenizer(src)
     max_p, min_p = 12, 1
     pc = src / "processor_config.json"
@@ -524,35 +657,54 @@ def convert_to_chat(src: str | Path, dst: str | Path, dtype: str = "auto", overw
     dtypes = {v.dtype for v in chat_sd.values() if v.is_floating_point()}
     dname = str(next(iter(dtypes))).replace("torch.", "") if len(dtypes) == 1 else None
     chat = native_config_to_chat(model.config, max_p, min_p, dname)
-    _prepare_dst(dst, overwrite, src)
+    _make_dst(dst)
     save_file(chat_sd, str(dst / "model.safetensors"), metadata={"format": "pt"})
     (dst / "config.json").write_text(json.dumps(chat, indent=2, sort_keys=True) + "\n")
     tok.save_pretrained(str(dst))
     _write_slow_vocab(tok, dst)
-    if remote_code_from is not None:
-        rc = Path(remote_code_from)
-        files = sorted(rc.glob("*.py")) if rc.is_dir() else []
-        if not files:
-            raise ConversionError(f"{rc}: no upstream *.py files to copy (--remote_code_from)")
-        for f in files:
-            shutil.copy2(f, dst / f.name)
+    for f in code_files:
+        shutil.copy2(f, dst / f.name)
     return dst
 
 
 def convert(src, dst, direction: str | None = None, dtype: str = "auto", overwrite: bool = False,
             remote_code_from=None) -> Path:
-    """Convert ``src`` into ``dst``; ``direction`` None means the opposite of SRC's layout."""
-    if direction is None:
-        direction = "to_hf" if detect_layout(src) == CHAT else "to_chat"
-    if direction == "to_hf":
-        return convert_to_hf(src, dst, dtype=dtype, overwrite=overwrite)
-    if direction == "to_chat":
-        return convert_to_chat(src, dst, dtype=dtype, overwrite=overwrite, remote_code_from=remote_code_from)
+    """Convert ``src`` into ``dst``; ``direction`` None means the opposite of SRC's layout.
+
+    Every failure is a ``ConversionError`` with a one-line message: a file that cannot be
+    written names the file, anything unexpected names SRC and the exception (chained)."""
+    try:
+        if direction is None:
+            direction = "to_hf" if detect_layout(src) == CHAT else "to_chat"
+        if direction == "to_hf":
+            return convert_to_hf(src, dst, dtype=dtype, overwrite=overwrite)
+        if direction == "to_chat":
+            return convert_to_chat(src, dst, dtype=dtype, overwrite=overwrite, remote_code_from=remote_code_from)
+    except ConversionError:
+        raise
+    except OSError as e:
+        where = e.filename or dst
+        raise ConversionError(f"{where}: {e.strerror or _one_line(e)}") from e
+    except Exception as e:
+        raise ConversionError(f"{src}: conversion failed ({_one_line(e)})") from e
     raise ConversionError(f"unknown direction {direction!r} (to_hf or to_chat)")
 
 
+def _one_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (transformers' messages run over several lines)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``error: ...``, exit status 2), like every other error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see python -m dreamprm.convert --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dreamprm.convert", description=__doc__.split("\n\n")[0])
+    ap = _Parser(prog="python -m dreamprm.convert", description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="checkpoint folder to read")
     ap.add_argument("dst", help="folder to write")
     ap.add_argument("--direction", choices=["to_hf", "to_chat"], default=None,
@@ -567,6 +719,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"error: interrupted; {args.dst} may hold a partial checkpoint", file=sys.stderr)
+        return 130
     print(f"wrote {out} ({detect_layout(out)} layout)")
     return 0
 

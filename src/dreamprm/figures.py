@@ -1,15 +1,34 @@
-"""Training figures from the run's own files: loss curves and the learned weights."""
+"""Training figures from the run's own files: loss curves and the learned weights.
+
+* :func:`plot_losses`: the lower-level losses (plain and weighted) in one panel, the meta loss
+  in its own panel below. The weighted loss is drawn dashed over a wide translucent plain
+  loss, so both stay visible when they coincide (every weight 1), and the legend says so.
+  Raw per-iteration values are faint; the bold line is their moving average.
+* :func:`plot_weights`: for per-instance weights (Instance Table, Instance Net) a histogram
+  with integer count ticks beside a dot plot of each domain's mean weight (95% interval, value
+  and instance count written beside it) on an axis zoomed to the means; for a handful of
+  per-domain weights (Domain Table) only the per-domain panel, as bars from 1.0 (the average
+  weight) to each weight.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+# (metrics key, legend label, colour); the weighted loss is dashed over the plain one
+LOSSES = (("lower_loss", "lower loss", "tab:blue"), ("weighted_loss", "weighted lower loss", "tab:orange"))
+META = ("meta_loss", "meta loss", "tab:green")
+INSTANCE, DOMAIN = "instance", "domain"
 
 
 def save_figure(fig, out) -> Path:
@@ -32,36 +51,228 @@ def _moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
+def read_metrics(metrics_path) -> list[dict]:
+    """The rows of a ``metrics.jsonl``; a line cut short by a kill is skipped."""
+    rows = []
+    path = Path(metrics_path)
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "iteration" in row:
+            rows.append(row)
+    return rows
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    pts = [(r["iteration"], float(r[key])) for r in rows
+           if isinstance(r.get(key), (int, float)) and math.isfinite(float(r[key]))]
+    return ([p[0] for p in pts], [p[1] for p in pts]) if pts else ([], [])
+
+
+def _plot_series(ax, xs, ys, window, label, color, **style) -> None:
+    if window > 1:
+        ax.plot(xs, ys, color=color, alpha=0.2, linewidth=0.8)
+    ax.plot(xs, _moving_average(ys, window), color=color, label=label, **style)
+
+
+def _loss_axis(ax, values: list[float], window: int) -> None:
+    if values and min(values) > 0 and max(values) / min(values) > 20:
+        ax.set_yscale("log")
+    ax.set_ylabel("loss" if window == 1 else f"loss (bold: mean of {window})")
+    ax.grid(alpha=0.3)
+
+
+def _window(n: int) -> int:
+    """Moving-average width: about a twentieth of the run (1, no smoothing, below 40 points)."""
+    return max(1, round(n / 20)) if n >= 40 else 1
+
+
+def _legend_outside(ax) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+
+
 def plot_losses(metrics_path: Path, out: Path) -> Path:
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    window = max(1, len(rows) // 50)
-    for key, label in (("lower_loss", "lower loss"), ("weighted_loss", "weighted lower loss"), ("meta_loss", "meta loss")):
-        pts = [(r["iteration"], r[key]) for r in rows if key in r]
-        if pts:
-            xs, ys = zip(*pts)
-            ax.plot(xs, _moving_average(list(ys), window), label=label)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel(f"loss (moving average over {window})")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.set_title("Training losses")
-    return save_figure(fig, out)
+    """Write the loss figure of a run's ``metrics.jsonl`` (see :func:`loss_figure`) to ``out``."""
+    return save_figure(loss_figure(metrics_path), out)
 
 
-def plot_weights(weights: dict[str, float], domain_of: dict[str, str], out: Path, title: str) -> Path:
-    """Histogram of the learned weights and the mean weight per domain."""
-    by_domain = defaultdict(list)
+def loss_figure(metrics_path: Path):
+    """Loss curves of a run's ``metrics.jsonl``: lower level on top, meta loss (bi-level runs) below."""
+    rows = read_metrics(metrics_path)
+    series = {key: _series(rows, key) for key, _, _ in (*LOSSES, META)}
+    has_meta = bool(series[META[0]][0])
+    fig, axes = plt.subplots(2 if has_meta else 1, 1, figsize=(10, 6.4 if has_meta else 4), sharex=True, squeeze=False)
+    top = axes[0][0]
+    (lx, ly), (wx, wy) = series["lower_loss"], series["weighted_loss"]
+    window = _window(len(ly or wy))
+    same = bool(ly) and (lx, ly) == (wx, wy)
+    if ly:  # wide and translucent under the dashed weighted loss, so that both show where they agree
+        style = dict(linewidth=4.5, alpha=0.45, solid_capstyle="round") if wy else dict(linewidth=1.8)
+        _plot_series(top, lx, ly, window, LOSSES[0][1], LOSSES[0][2], **style)
+    if wy:
+        label = LOSSES[1][1] + ("\n(identical to the\nlower loss)" if same else "")
+        _plot_series(top, wx, wy, window, label, LOSSES[1][2], linewidth=1.6, linestyle=(0, (4, 2)))
+    if ly or wy:
+        _legend_outside(top)
+    else:
+        top.text(0.5, 0.5, "no losses recorded yet", ha="center", va="center", transform=top.transAxes)
+        top.set_xticks([])
+        top.set_yticks([])
+    _loss_axis(top, ly + wy, window)
+    top.set_title(f"Lower level: PRM training loss ({len(rows)} iterations)")
+    bottom = top
+    if has_meta:
+        bottom = axes[1][0]
+        mx, my = series[META[0]]
+        _plot_series(bottom, mx, my, _window(len(mx)), META[1], META[2], linewidth=1.6, marker="o",
+                     markersize=3, markevery=max(1, len(mx) // 40))
+        _loss_axis(bottom, my, _window(len(mx)))
+        bottom.set_title(f"Upper level: meta loss ({len(mx)} meta steps)")
+        _legend_outside(bottom)
+    bottom.set_xlabel("iteration")
+    if ly or wy:
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# weights
+# ----------------------------------------------------------------------------------------------
+def _mean_and_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its normal-approximation 95% interval (0 for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, 1.96 * math.sqrt(var / n)
+
+
+def _zoomed_limits(lo: float, hi: float, ref: float | None = None, room: tuple[float, float] = (0.12, 0.5)):
+    """Limits around [lo, hi] (and ``ref`` when it is close by), never forced to 0, with
+    ``room`` (fractions of the span) left and right for the value labels."""
+    if ref is not None and min(abs(ref - lo), abs(ref - hi)) <= 2 * max(hi - lo, 1e-9):
+        lo, hi = min(lo, ref), max(hi, ref)
+    if hi <= lo:  # one value: centred in a narrow window
+        half = max(abs(hi), 1.0) * 0.01
+        return lo - half, hi + half
+    span = hi - lo
+    return lo - room[0] * span, hi + room[1] * span
+
+
+def _fmt(x: float, spread: float) -> str:
+    """``x`` with enough decimals to tell apart values ``spread`` apart (2 to 6)."""
+    digits = min(6, max(2, -math.floor(math.log10(spread / 20)))) if spread > 0 else 3
+    return f"{x:.{digits}f}"
+
+
+def _domain_panel(ax, names: list[str], rows: list[tuple[float, float, int]], overall: float, counts_label: str) -> None:
+    """One row per domain: mean (dot), its 95% interval (bar), value and count written beside it."""
+    ys = range(len(names))
+    means = [m for m, _, _ in rows]
+    errs = [e for _, e, _ in rows]
+    lo = min(m - e for m, e in zip(means, errs))
+    hi = max(m + e for m, e in zip(means, errs))
+    left, right = _zoomed_limits(lo, hi, overall)
+    ax.errorbar(means, list(ys), xerr=errs, fmt="o", color="tab:blue", ecolor="tab:blue", elinewidth=2,
+                capsize=4, markersize=7, zorder=3, label="mean weight (95% interval)")
+    ax.axvline(overall, color="gray", linestyle=":", linewidth=1.2, label=f"mean of all weights ({overall:.4g})")
+    spread = max(means) - min(means)
+    for y, (m, e, n) in zip(ys, rows):
+        ax.annotate(f"{_fmt(m, spread)}  ({counts_label}={n})", (m + e, y), xytext=(6, 0), textcoords="offset points",
+                    va="center", fontsize=9)
+    ax.set_xlim(left, right)
+    ax.set_yticks(list(ys), names)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel("mean weight (axis zoomed to the means)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
+
+
+def _domain_weights_panel(ax, names: list[str], values: list[float], counts: Mapping[str, int] | None) -> None:
+    """Domain Table: a bar from 1.0 (the average weight) to each domain's weight, value beside it."""
+    ys = list(range(len(names)))
+    left, right = _zoomed_limits(min(values), max(values), 1.0, room=(0.45, 0.45))
+    colors = ["tab:green" if v >= 1.0 else "tab:red" for v in values]
+    ax.barh(ys, [v - 1.0 for v in values], left=1.0, height=0.55, color=colors, alpha=0.75)
+    ax.axvline(1.0, color="black", linewidth=1)
+    spread = max(values) - min(values)
+    for y, name, v in zip(ys, names, values):
+        text = _fmt(v, spread) + (f"  (n={counts[name]})" if counts and name in counts else "")
+        above = v >= 1.0  # the label sits at the bar's far end
+        ax.annotate(text, (v, y), xytext=(6 if above else -6, 0), textcoords="offset points", va="center",
+                    ha="left" if above else "right", fontsize=9)
+    ax.set_xlim(left, right)
+    ax.set_yticks(ys, names)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel("domain weight (1.0 = average; axis zoomed)")
+
+
+def plot_weights(weights: dict[str, float], domain_of: dict[str, str], out: Path, title: str,
+                 kind: str | None = None, counts: Mapping[str, int] | None = None) -> Path:
+    """Write the weight figure (see :func:`weights_figure`) to ``out``."""
+    return save_figure(weights_figure(weights, domain_of, title, kind, counts), out)
+
+
+def weights_figure(weights: dict[str, float], domain_of: dict[str, str], title: str,
+                   kind: str | None = None, counts: Mapping[str, int] | None = None):
+    """The learned weights: ``weights`` maps a key (an instance id, or a domain) to its weight.
+
+    ``kind`` is ``"instance"`` (histogram + per-domain means, instances grouped by ``domain_of``)
+    or ``"domain"`` (one weight per domain: the per-domain panel alone). None picks ``"domain"``
+    when every key is its own domain in ``domain_of`` (what the trainer passes for the Domain
+    Table), else ``"instance"``. ``counts`` (optional) is the number of training instances per
+    domain, written beside each domain; by default an instance plot counts its weights.
+    """
+    if kind is None:
+        own = bool(weights) and all(domain_of.get(k) == k for k in weights)
+        kind = DOMAIN if own else INSTANCE
+    if kind not in (INSTANCE, DOMAIN):
+        raise ValueError(f"kind must be 'instance' or 'domain', got {kind!r}")
+    values = [float(v) for v in weights.values()]
+    if kind == DOMAIN or not values:
+        names = sorted(weights)
+        fig, ax = plt.subplots(figsize=(7.5, max(2.6, 0.5 * len(names) + 1.6)))
+        if names:
+            _domain_weights_panel(ax, names, [float(weights[n]) for n in names], counts)
+        ax.set_title(f"{title}: {len(names)} domain weights")
+        return fig
+
+    by_domain: dict[str, list[float]] = defaultdict(list)
     for key, w in weights.items():
-        by_domain[domain_of.get(key, "default")].append(w)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.hist(list(weights.values()), bins=min(50, max(5, len(weights) // 4)))
-    left.set_xlabel("weight")
-    left.set_ylabel("count")
-    left.set_title(f"{title}: {len(weights)} weights")
+        by_domain[domain_of.get(key, "default")].append(float(w))
     names = sorted(by_domain)
-    right.bar(names, [sum(by_domain[d]) / len(by_domain[d]) for d in names])
-    right.set_ylabel("mean weight")
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(12, max(4.2, 0.5 * len(names) + 2)), gridspec_kw={"width_ratios": [1, 1.15]})
+    lo, hi = min(values), max(values)
+    mean = sum(values) / len(values)
+    if hi > lo:
+        left.hist(values, bins=min(50, max(5, round(math.sqrt(len(values)) * 1.5))), color="tab:blue",
+                  edgecolor="white", linewidth=0.5)
+        spread = f"min {lo:.3g}, max {hi:.3g}"
+    else:  # every weight equal (the start of a run): one narrow bar
+        half = 0.01 * max(abs(lo), 1.0)
+        left.hist(values, bins=1, range=(lo - half / 10, lo + half / 10), color="tab:blue")
+        left.set_xlim(lo - half, lo + half)
+        spread = f"all {lo:.4g}"
+    left.axvline(mean, color="black", linestyle="--", linewidth=1.2, label=f"mean {mean:.4g}")
+    left.yaxis.set_major_locator(MaxNLocator(integer=True))
+    left.xaxis.set_major_locator(MaxNLocator(nbins=6))
+    left.ticklabel_format(axis="x", useOffset=False, style="plain")
+    left.set_xlabel("weight")
+    left.set_ylabel("instances")
+    left.set_title(f"{title}: {len(values)} weights ({spread})")
+    left.legend(loc="upper left", fontsize=8)
+    left.grid(axis="y", alpha=0.3)
+    stats = []
+    for d in names:
+        m, e = _mean_and_interval(by_domain[d])
+        stats.append((m, e, int(counts[d]) if counts and d in counts else len(by_domain[d])))
+    _domain_panel(right, names, stats, mean, "n")
     right.set_title("mean weight per domain")
-    right.tick_params(axis="x", rotation=45)
-    return save_figure(fig, out)
+    return fig

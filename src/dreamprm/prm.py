@@ -3,11 +3,18 @@
 Only the label positions ever go through the LM head, so the (positions ×
 vocabulary) logits are a few rows instead of (sequence × vocabulary); the softmax is still
 over the full vocabulary, as the method defines the step score.
+
+``ProcessRewardModel.from_pretrained`` takes either checkpoint layout: transformers' native
+InternVL, or InternVL's original *chat* layout (the released DreamPRM-1.5 checkpoints, which
+upstream loads with remote code), converted in memory by :mod:`dreamprm.convert`. Whatever
+cannot be loaded is a :class:`ModelLoadError` with a one-line message.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +26,14 @@ from .prompt import label_token_ids
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(OSError):
     """A model that cannot be loaded (missing folder, unreachable hub id, unreadable files).
-    The message is one line; the CLIs print it as ``error: <message>`` and exit 2."""
+    The message is one line; the CLIs print it as ``error: <message>`` and exit 2. It is an
+    ``OSError``, so handlers written for transformers' own load errors catch it too; the
+    underlying exception, where there is one, is chained as ``__cause__``."""
+
+    def __init__(self, message: str):
+        super().__init__(re.sub(r"\s*\n\s*", " ", str(message)).strip())
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
@@ -31,6 +43,133 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
 
         return str(ensure_tiny())
     return str(name_or_path)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` can only be a folder, never a hub id.
+
+    A hub id is ``name`` or ``owner/name`` (letters, digits, ``-``, ``_``, ``.``). A name is a
+    path when it starts with ``.``, ``/`` or ``~``, has a drive letter or a backslash, has more
+    than one ``/``, or is no valid hub id (a space, a ``--``...). ``owner/name`` shapes such as
+    ``weights/run1`` are ambiguous: an existing folder wins, else the hub is asked, and the
+    hub's error says that no such local folder exists either.
+    """
+    if name.startswith((".", "/", "~")) or "\\" in name or re.match(r"[A-Za-z]:", name):
+        return True
+    if os.sep != "/" and os.sep in name:
+        return True
+    if name.count("/") > 1:
+        return True
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(name)
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        return False
+    except Exception:  # HFValidationError
+        return True
+    return False
+
+
+def _missing_folder_message(name: str) -> str:
+    return (f"model folder not found: {name} (train stage 1 first? pass --reward_model a trained folder, "
+            "a hub id such as OpenGVLab/InternVL3-1B-hf, or 'tiny')")
+
+
+def _no_config_message(folder: Path) -> str:
+    hint = "it is not a model checkpoint"
+    if (folder / "prm" / "config.json").exists():
+        hint = f"a training checkpoint keeps its model in {folder / 'prm'}"
+    elif (folder / "checkpoints").is_dir():
+        done = sorted((folder / "checkpoints").glob("iter-*/prm/config.json"),
+                      key=lambda p: int(re.sub(r"\D", "", p.parent.parent.name) or 0))
+        hint = "the run has not exported a model yet"
+        if done:
+            hint += f"; its latest checkpoint's model is {done[-1].parent}"
+    return f"model folder has no config.json: {folder} ({hint})"
+
+
+def locate_model(name_or_path: str | os.PathLike) -> tuple[str, str]:
+    """``("folder", path)`` or ``("hub", id)`` for a ``--reward_model`` value; ModelLoadError for a
+    path-like name (see :func:`looks_like_path`) that is no folder holding a config.json."""
+    name = str(name_or_path)
+    if name == "tiny":
+        return "folder", resolve_model_path(name)
+    path = Path(name).expanduser()
+    if path.exists() or looks_like_path(name):
+        if not path.exists():
+            raise ModelLoadError(_missing_folder_message(name))
+        if not path.is_dir():
+            raise ModelLoadError(f"not a model folder: {name} is a file (pass the folder that holds config.json)")
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(_no_config_message(path))
+        return "folder", str(path)
+    return "hub", name
+
+
+def _hub_error(name: str, e: BaseException) -> ModelLoadError:
+    return ModelLoadError(
+        f"cannot download {name} from the Hugging Face hub (offline?): {_first_line(e)} "
+        f"(no local folder {name} exists either; pass a trained folder or 'tiny')")
+
+
+def _hub_chat_snapshot(name: str) -> str | None:
+    """The local snapshot folder of hub id ``name`` when it is a chat-layout checkpoint, else None
+    (a native one is left to transformers' own download)."""
+    from transformers.utils import cached_file
+
+    from .convert import CHAT, ConversionError, detect_layout
+
+    try:
+        config_file = cached_file(name, "config.json")
+    except Exception as e:  # OSError, requests/httpx and huggingface_hub errors
+        raise _hub_error(name, e) from e
+    try:
+        layout = detect_layout(Path(config_file).parent)
+    except ConversionError as e:
+        raise ModelLoadError(f"{name}: {e}") from e
+    if layout != CHAT:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "*.jinja"])
+    except Exception as e:
+        raise _hub_error(name, e) from e
+
+
+def _load_chat(folder: str, shown: str, dtype, attn_implementation):
+    from .convert import ConversionError, load_chat_as_native
+
+    try:
+        model, processor = load_chat_as_native(folder, dtype=dtype, attn_implementation=attn_implementation)
+    except ConversionError as e:
+        raise ModelLoadError(f"cannot load the chat-layout checkpoint {shown}: {e}") from e
+    dst = f"{folder.rstrip('/')}-hf" if shown == folder else f"./{shown.rsplit('/', 1)[-1]}-hf"
+    print(f"note: {shown} is in InternVL's chat layout; converted in memory (write a native copy once with: "
+          f"python -m dreamprm.convert {folder} {dst})", file=sys.stderr)
+    return model, processor
+
+
+def _load_native(path: str, from_hub: bool, dtype, attn_implementation):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    kwargs = {"dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        processor = AutoProcessor.from_pretrained(path)
+    except Exception as e:
+        if from_hub and isinstance(e, OSError):
+            raise _hub_error(path, e) from e
+        raise ModelLoadError(f"cannot load the model in {path} (damaged or incomplete files?): {_first_line(e)}") from e
+    return model, processor
 
 
 @dataclass
@@ -73,16 +212,31 @@ class ProcessRewardModel(nn.Module):
         precision: str = "fp32",
         attn_implementation: str | None = "sdpa",
     ) -> "ProcessRewardModel":
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        """Load a PRM from a folder, ``tiny`` or a hub id, in either checkpoint layout.
 
-        path = resolve_model_path(name_or_path)
+        A chat-layout checkpoint is converted in memory (a note on stderr says so). Anything that
+        cannot be loaded raises :class:`ModelLoadError`: a path-like name that is no folder, a
+        folder without config.json or of an unknown layout, a hub id that cannot be fetched,
+        unreadable or corrupt files."""
         if precision not in DTYPES:
             raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
-        kwargs = {"dtype": DTYPES[precision]}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-        processor = AutoProcessor.from_pretrained(path)
+        from .convert import CHAT, ConversionError, detect_layout
+
+        kind, path = locate_model(name_or_path)
+        if kind == "hub":
+            snapshot = _hub_chat_snapshot(path)
+            if snapshot is not None:
+                model, processor = _load_chat(snapshot, path, DTYPES[precision], attn_implementation)
+                return cls(model, processor).to(device)
+        else:
+            try:
+                layout = detect_layout(path)
+            except ConversionError as e:
+                raise ModelLoadError(str(e)) from e
+            if layout == CHAT:
+                model, processor = _load_chat(path, path, DTYPES[precision], attn_implementation)
+                return cls(model, processor).to(device)
+        model, processor = _load_native(path, kind == "hub", DTYPES[precision], attn_implementation)
         return cls(model, processor).to(device)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:

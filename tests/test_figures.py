@@ -1,0 +1,162 @@
+"""dreamprm.figures: every loss line visible, integer histogram counts, zoomed per-domain axes."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import matplotlib.pyplot as plt
+import pytest
+
+from dreamprm.figures import loss_figure, plot_losses, plot_weights, weights_figure
+
+DOMAINS = ("charts", "scenes", "shapes")
+
+
+@pytest.fixture
+def metrics(tmp_path):
+    """A bi-level run whose instance weights are all still 1: lower loss == weighted loss."""
+    rng = random.Random(0)
+    rows = []
+    for it in range(1, 61):
+        low = abs(rng.gauss(0.5, 0.4)) + 0.05
+        rows.append({"iteration": it, "seconds": 0.02, "lower_loss": low, "weighted_loss": low,
+                     "weight_min": 1.0, "weight_mean": 1.0, "weight_max": 1.0,
+                     "meta_loss": abs(rng.gauss(0.3, 0.2)) + 0.01, "skipped_lower": 0})
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"iteration": 61, "lower_')  # cut by a kill
+    return path
+
+
+def _instances(n=48, spread=0.012, means=(0.985, 0.997, 1.004)):
+    rng = random.Random(1)
+    weights, domain_of = {}, {}
+    for i in range(n):
+        d = DOMAINS[i % len(DOMAINS)]
+        weights[f"id{i}"] = means[i % len(DOMAINS)] + rng.gauss(0, spread)
+        domain_of[f"id{i}"] = d
+    return weights, domain_of
+
+
+def _drawn(fig):
+    fig.tight_layout()
+    fig.canvas.draw()
+    return fig
+
+
+def _labels(ax, axis):
+    ticks = ax.get_xticklabels() if axis == "x" else ax.get_yticklabels()
+    lo, hi = sorted(ax.get_xlim() if axis == "x" else ax.get_ylim())
+    return [t for t in ticks if t.get_text() and lo <= (t.get_position()[0 if axis == "x" else 1]) <= hi]
+
+
+def _no_overlap(fig, labels):
+    boxes = [t.get_window_extent(fig.canvas.get_renderer()) for t in labels]
+    return all(not a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def _integer_counts(ax):
+    """Every visible count tick label is a whole number ("4", not "4.0" or "2.5")."""
+    texts = [t.get_text() for t in _labels(ax, "y")]
+    return len(texts) >= 3 and all(t.isdigit() for t in texts)
+
+
+def test_equal_lower_and_weighted_losses_both_show(metrics, tmp_path):
+    fig = _drawn(loss_figure(metrics))
+    try:
+        lower, meta = fig.axes
+        assert [t.get_text() for t in lower.get_legend().get_texts()] == [
+            "lower loss", "weighted lower loss\n(identical to the\nlower loss)"]
+        assert [t.get_text() for t in meta.get_legend().get_texts()] == ["meta loss"]
+        plain, weighted = (next(line for line in lower.get_lines() if line.get_label() == label)
+                           for label in ("lower loss", "weighted lower loss\n(identical to the\nlower loss)"))
+        # same values, but the weighted line is dashed, thinner and drawn on top of the wide plain one
+        assert list(plain.get_ydata()) == list(weighted.get_ydata()) and len(plain.get_ydata()) == 60
+        assert weighted.get_linestyle() == "--" and plain.get_linestyle() == "-"
+        assert plain.get_linewidth() >= 2 * weighted.get_linewidth()
+        assert lower.get_lines().index(weighted) > lower.get_lines().index(plain)
+        assert plain.get_color() != weighted.get_color()
+    finally:
+        plt.close(fig)
+    out = plot_losses(metrics, tmp_path / "figs" / "run_losses.png")
+    assert out.exists() and out.stat().st_size > 10_000
+
+
+def test_cold_start_and_empty_runs(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    raw = [1 / i for i in range(1, 101)]
+    path.write_text("".join(json.dumps({"iteration": i, "lower_loss": v}) + "\n" for i, v in enumerate(raw, 1)))
+    fig = _drawn(loss_figure(path))
+    try:
+        (ax,) = fig.axes  # no meta loss: one panel
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lower loss"]
+        faint, bold = ax.get_lines()
+        assert list(faint.get_ydata()) == raw and faint.get_alpha() < 0.5  # every value, faint
+        assert bold.get_ydata()[-1] == pytest.approx(sum(raw[-5:]) / 5)  # with its moving average over 5
+        assert ax.get_ylabel() == "loss (bold: mean of 5)"
+    finally:
+        plt.close(fig)
+    path.write_text("")  # a run killed before its first iteration
+    fig = _drawn(loss_figure(path))
+    try:
+        assert [t.get_text() for t in fig.axes[0].texts] == ["no losses recorded yet"]
+    finally:
+        plt.close(fig)
+
+
+def test_instance_weights_figure_reads(tmp_path):
+    weights, domain_of = _instances()
+    fig = _drawn(weights_figure(weights, domain_of, "Instance Table"))
+    try:
+        hist, domains = fig.axes
+        assert _integer_counts(hist)
+        assert _no_overlap(fig, _labels(hist, "x"))
+        # the domain means (about 0.98 to 1.00) on a zoomed axis, each with its value and count
+        left, right = domains.get_xlim()
+        assert 0.95 < left < 0.985 and 1.0 < right < 1.05
+        notes = [t.get_text() for t in domains.texts]
+        assert len(notes) == 3 and all(n.endswith("(n=16)") for n in notes)
+        means = {d: sum(w for k, w in weights.items() if domain_of[k] == d) / 16 for d in DOMAINS}
+        assert [float(n.split()[0]) for n in notes] == [pytest.approx(means[d], abs=1e-4) for d in DOMAINS]
+        assert [t.get_text() for t in domains.get_yticklabels()] == list(DOMAINS)
+    finally:
+        plt.close(fig)
+    out = plot_weights(weights, domain_of, tmp_path / "w.png", "Instance Table")
+    assert out.exists() and out.stat().st_size > 10_000
+
+
+def test_instance_net_weights_figure_reads(tmp_path):
+    rng = random.Random(2)
+    weights = {f"n{i}": 1 / (1 + math.exp(-rng.gauss(0.1 * (i % 3), 1.0))) for i in range(2000)}
+    domain_of = {k: DOMAINS[i % 3] for i, k in enumerate(weights)}
+    fig = _drawn(weights_figure(weights, domain_of, "Instance Net"))
+    try:
+        hist, domains = fig.axes
+        assert _integer_counts(hist) and _no_overlap(fig, _labels(hist, "x"))
+        assert len(hist.patches) <= 50
+        assert sum(p.get_height() for p in hist.patches) == 2000
+        assert domains.get_xlim()[0] > 0.3  # means near 0.5 are not squeezed against 0
+        assert [t.get_text().split("  ")[1] for t in domains.texts] == ["(n=667)", "(n=667)", "(n=666)"]
+    finally:
+        plt.close(fig)
+
+
+def test_domain_table_weights_get_the_domain_panel_alone(tmp_path):
+    weights = {"charts": 0.97, "scenes": 1.01, "shapes": 1.02}
+    for fig in (weights_figure(weights, {d: d for d in weights}, "Domain Table"),  # detected
+                weights_figure(weights, {}, "Domain Table", kind="domain", counts={"charts": 16, "scenes": 20})):
+        _drawn(fig)
+        try:
+            (ax,) = fig.axes
+            left, right = ax.get_xlim()
+            assert 0.9 < left < 0.97 and 1.02 < right < 1.1
+            assert [t.get_text() for t in ax.get_yticklabels()] == list(DOMAINS)
+            notes = [t.get_text() for t in ax.texts]
+            assert [n.split()[0] for n in notes] == ["0.970", "1.010", "1.020"]
+            if "n=" in "".join(notes):
+                assert notes == ["0.970  (n=16)", "1.010  (n=20)", "1.020"]
+        finally:
+            plt.close(fig)
+    out = plot_weights(weights, {d: d for d in weights}, tmp_path / "d.png", "Domain Table")
+    assert out.exists() and out.stat().st_size > 5_000
