@@ -19,13 +19,25 @@ def main(argv=None) -> int:
     except FlagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _train(args)
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (loading data or the model)
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+
+
+def _train(args) -> int:
+    from dreamprm.checkpoint import CheckpointError
     from dreamprm.data import DataError
-    from dreamprm.trainer import Trainer, TrainingDiverged, TrainingInterrupted, write_figures
+    from dreamprm.prm import ModelLoadError
+    from dreamprm.runfolder import RunFolderError
+    from dreamprm.trainer import (ResumeMismatch, Trainer, TrainingDiverged, TrainingInterrupted,
+                                  write_figures)
 
     try:
         trainer = Trainer(args)
         out = trainer.run()
-    except DataError as exc:
+    except (DataError, ModelLoadError, RunFolderError, ResumeMismatch, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
@@ -34,10 +46,14 @@ def main(argv=None) -> int:
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    figs = write_figures(trainer)
     print(f"model, processor and weights: {out}")
     print(f"metrics: {out / 'metrics.jsonl'}; checkpoints: {out / 'checkpoints'}")
-    print("figures: " + ", ".join(str(p) for p in figs))
+    try:
+        figs = write_figures(trainer)
+    except OSError as exc:  # the run's outputs are safe; a figure folder problem only costs the figures
+        print(f"warning: figures not written: {exc}", file=sys.stderr)
+    else:
+        print("figures: " + ", ".join(str(p) for p in figs))
     return 0
 
 

@@ -257,7 +257,7 @@ def test_malformed_records_are_reported_and_skipped(work, data):
         load_records(path, kind, max_errors=10_000)
     message = str(err.value)
     assert "Traceback" not in message
-    assert message.splitlines()[0].startswith(f"{path}: {len(expected)} bad records")
+    assert message.splitlines()[0].startswith(f"{path}: {len(expected)} bad record")
     assert "--skip_bad_records" in message.splitlines()[0]
     for i, (name, fragment, rid) in expected.items():
         lines = _lines_for(message, path, i)
@@ -278,7 +278,7 @@ def test_malformed_records_are_reported_and_skipped(work, data):
     assert report.skipped == len(expected)
     assert report.records == len(good)
     summary = report.summary()
-    assert "\n" not in summary and f"skipped {len(expected)} bad records" in summary
+    assert "\n" not in summary and f"skipped {len(expected)} bad record" in summary
 
 
 @settings(max_examples=40, deadline=None)
@@ -315,7 +315,7 @@ def _one_bad(work, kind, mutate, index=1):
     with pytest.raises(DataError) as err:
         load_records(path, kind)
     lines = str(err.value).splitlines()
-    assert lines[0] == f"{path}: 1 bad records (use --skip_bad_records to drop them):"
+    assert lines[0] == f"{path}: 1 bad record (use --skip_bad_records to drop them):"
     kept, report = load_records(path, kind, skip_bad=True)
     assert report.skipped == 1 and len(kept) == 2 and records[index] not in kept
     return path, lines[1:]
@@ -422,7 +422,7 @@ def test_cli_reports_bad_data_without_traceback(work, tmp_path, capsys):
     assert train.main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err.splitlines()[0] == f"error: {path}: 1 bad records (use --skip_bad_records to drop them):"
+    assert err.splitlines()[0] == f"error: {path}: 1 bad record (use --skip_bad_records to drop them):"
     assert err.splitlines()[1].startswith(f"{path}: record 2 (id 'train_002'): field 'conversations[")
     assert train.main(argv + ["--skip_bad_records", "--figs_dir", str(tmp_path / "f")]) == 0
     assert f"{path}: 3 train records" in capsys.readouterr().out
@@ -569,7 +569,7 @@ def test_checkpoint_files(uninterrupted, tmp_path):
             raise Boom
 
     with pytest.raises(Boom):
-        save_checkpoint(copy_root, 9, FailingPRM(), None, {}, keep=1)
+        save_checkpoint(copy_root, 9, FailingPRM(), None, {}, {}, keep=1)
     assert [p.name for p in list_checkpoints(copy_root)] == ["iter-00000004", "iter-00000006"]
 
 

@@ -250,27 +250,37 @@ def test_darts_alpha_reaches_bettys_finite_difference(tmp_path, tiny_dir):
     assert trainer.lower.config.darts_alpha == 0.5
 
 
-@pytest.mark.parametrize("flag, entered", [([], True), (["--no_autocast"], False)])
-def test_no_autocast_skips_bettys_autocast_for_both_levels(tmp_path, tiny_dir, monkeypatch, flag, entered):
-    """bf16 steps run under Betty's CUDA autocast by default (the public code); --no_autocast
-    runs them in the weights' dtype. CPU has no CUDA autocast, so its entry is recorded instead."""
+def test_steps_enter_cuda_autocast_unless_no_autocast(monkeypatch):
+    """bf16/fp16 steps on CUDA run under CUDA autocast (Betty's numerics, the public code);
+    --no_autocast runs them in the weights' dtype; fp32 steps and CPU steps have none."""
     import contextlib
 
-    import betty.problems.problem as betty_problem
+    import dreamprm.problems as problems
 
     calls = []
 
     @contextlib.contextmanager
-    def recording_autocast(dtype=None, **_):
-        calls.append(dtype)
+    def recording(device_type, dtype=None):
+        calls.append((device_type, dtype))
         yield
 
-    monkeypatch.setattr(betty_problem.torch.cuda.amp, "autocast", recording_autocast)
-    trainer = Trainer(_args(tmp_path, "--precision", "bf16", "--iteration_num", "1", "--save_every_iterations", "1",
-                            "--reweighting", "table", *flag))
-    trainer.run()
-    # one iteration: lower step, meta pass, two darts perturbation passes
-    assert calls == ([torch.bfloat16] * 4 if entered else [])
+    monkeypatch.setattr(problems.torch.amp, "autocast", recording)
+    for enabled, precision, device in [(True, "bf16", "cuda"), (True, "fp16", "cuda:1"), (False, "bf16", "cuda"),
+                                       (True, "fp32", "cuda"), (True, "bf16", "cpu")]:
+        with problems.step_autocast(enabled, precision, problems.torch.bfloat16, device):
+            pass
+    assert calls == [("cuda", torch.bfloat16), ("cuda", torch.bfloat16)]
+
+
+def test_a_bf16_cpu_run_prints_no_deprecation_warning(tmp_path, tiny_dir):
+    """Betty's torch.cuda.amp.autocast warned on every step; the project's own autocast does not."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        trainer = Trainer(_args(tmp_path, "--precision", "bf16", "--iteration_num", "1", "--save_every_iterations",
+                                "1", "--reweighting", "table", "--gradient_checkpointing"))
+        trainer.run()
     assert (tmp_path / "w" / "metrics.jsonl").read_text().count("\n") == 1
 
 

@@ -10,20 +10,66 @@ output depends on the PRM's step outputs as *values*; so by default they run the
 recording an autograd graph (``graph_free_perturbation``). The hypergradient is bit-identical
 (``tests/test_trainer.py``); the passes just stop holding a full set of activations.
 
+Every update of either level is guarded: a step whose loss or gradient is not finite is
+skipped and counted, and the parameters are checked after each step (``params_finite``).
+The hypergradient is guarded too (``finite_darts``): Betty's darts moves the PRM's weights in
+place by ``R·v/|v|`` and back, so a non-finite meta gradient ``v`` would leave NaN in the PRM;
+``finite_darts`` skips such an upper step (its gradient becomes NaN, which the upper guard
+counts) without touching the PRM.
+
 Everything a problem needs is passed when it is built; problems see each other only through
 the attributes Betty sets (``self.upper`` on the lower problem, ``self.lower`` on the upper).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 from betty.configs import Config, EngineConfig
 from betty.engine import Engine
+from betty.hypergradient import jvp_fn_mapping
+from betty.hypergradient.darts import darts
 from betty.problems import ImplicitProblem
 
 from .losses import instance_losses, meta_loss
+
+
+def all_finite(tensors) -> bool:
+    """True when no tensor holds a NaN or an infinity (one fused max-abs pass, one host sync)."""
+    tensors = [t.detach() for t in tensors]
+    if not tensors:
+        return True
+    return bool(torch.stack([n.float() for n in torch._foreach_norm(tensors, float("inf"))]).isfinite().all())
+
+
+def finite_darts(vector, curr, prev, sync):
+    """Betty's darts hypergradient, skipped when the meta gradient ``vector`` is not finite.
+
+    Skipping leaves the lower problem's weights untouched and gives the upper problem a NaN
+    gradient, so its guard skips (and counts) the update."""
+    if all_finite(vector):
+        return darts(vector, curr, prev, sync)
+    params = list(prev.trainable_parameters())
+    nan = [torch.full_like(p, float("nan")) for p in params]
+    if sync:
+        prev.set_grads(params, nan)
+        return None
+    return nan
+
+
+# Betty picks the hypergradient by the lower problem's ``config.type`` from this table.
+jvp_fn_mapping.setdefault("finite_darts", finite_darts)
+
+
+def step_autocast(enabled: bool, precision: str, dtype, device):
+    """The autocast a step runs under: CUDA autocast to ``dtype`` for bf16/fp16 steps on CUDA, as
+    Betty does, through ``torch.amp.autocast`` (Betty's ``torch.cuda.amp.autocast`` is deprecated).
+    Nothing on CPU, where CUDA autocast never touched the tensors anyway, or with ``enabled=False``."""
+    if enabled and precision in ("fp16", "bf16") and torch.device(device).type == "cuda":
+        return torch.amp.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
 
 
 class _GuardedProblem(ImplicitProblem):
@@ -37,6 +83,7 @@ class _GuardedProblem(ImplicitProblem):
         self.skipped_updates = 0
         self.bad_in_a_row = 0
         self.last_update_skipped = False
+        self.params_finite = True
         self._loss_finite = True
 
     def get_batch(self):
@@ -48,9 +95,8 @@ class _GuardedProblem(ImplicitProblem):
         # back for the next matmul. With autocast=False the step runs in the weights' own
         # dtype: no casts, rounding in slightly different places (the label softmax stays
         # fp32, see prm.label_outputs).
-        if self.autocast:
-            return super().training_step_exec(batch)
-        return self.training_step(batch)
+        with step_autocast(self.autocast, self.precision, self.dtype, self.device):
+            return self.training_step(batch)
 
     def get_loss(self, batch):
         loss, loss_dict = super().get_loss(batch)
@@ -68,6 +114,7 @@ class _GuardedProblem(ImplicitProblem):
             return
         self.bad_in_a_row = 0
         self.optimizer.step()
+        self.params_finite = all_finite(self.trainable_parameters())
 
 
 class LowerProblem(_GuardedProblem):
@@ -139,7 +186,7 @@ class UpperProblem(_GuardedProblem):
 
 def problem_config(args, upper: bool) -> Config:
     return Config(
-        type="darts",
+        type="finite_darts",
         unroll_steps=args.unroll_steps,
         gradient_accumulation=args.gradiant_accumulation,
         gradient_clipping=args.gradiant_clipping,

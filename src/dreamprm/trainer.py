@@ -2,17 +2,22 @@
 
 Outputs in ``--weights_path`` (every ``--save_every_iterations`` and at the end):
 the PRM + processor (safetensors, loadable by ``from_pretrained``), ``instance_weights.json``,
-``train_args.json``, ``metrics.jsonl`` (one row per iteration) and ``checkpoints/``.
+``train_args.json``, ``metrics.jsonl`` (one row per iteration), ``checkpoints/`` and ``figs/``.
+The folder belongs to one run (``runfolder.RunFolder``: locked, refused when it holds another
+run unless ``--resume``/``--overwrite``); nothing non-finite is ever exported or checkpointed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import random
 import shutil
 import signal
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,13 +26,17 @@ import torch
 from betty.configs import EngineConfig
 from tqdm.auto import tqdm
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .data import load_records
+from .checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, read_run_config,
+                         read_trainer_state, save_checkpoint, verify_checkpoint)
+from .data import DataError, load_records
 from .examples import BatchStream, ConversationDataset, ExampleBuilder
 from .optim import make_optimizer, make_scheduler
 from .prm import ProcessRewardModel
-from .problems import IterationEngine, LowerProblem, UpperProblem, problem_config
+from .problems import IterationEngine, LowerProblem, UpperProblem, all_finite, problem_config
+from .runfolder import EXPORT_MANIFEST, RunFolder, RunFolderError, atomic_write_json, atomic_write_text, open_append
 from .weighting import build_weight_model
+
+STAGES = {"table": "Instance Table", "net": "Instance Net", "domain": "Domain Table"}
 
 
 def quiet_libraries() -> None:
@@ -42,7 +51,7 @@ def quiet_libraries() -> None:
 
 
 class TrainingInterrupted(RuntimeError):
-    """SIGTERM/SIGINT: a checkpoint was saved; the message says how to resume."""
+    """SIGTERM/SIGINT: a checkpoint was saved (or, on a second signal, the last one stands)."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
@@ -50,7 +59,11 @@ class TrainingInterrupted(RuntimeError):
 
 
 class TrainingDiverged(RuntimeError):
-    """Too many non-finite updates in a row."""
+    """Too many non-finite updates in a row, or non-finite parameters/weights."""
+
+
+class ResumeMismatch(Exception):
+    """``--resume`` into a checkpoint made with an incompatible configuration (one line)."""
 
 
 def set_seed(seed: int) -> None:
@@ -59,15 +72,26 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write beside ``path`` and rename over it: a kill mid-write never leaves a torn file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def check_logger(name: str) -> None:
+    """``--logger tensorboard|wandb`` needs its package: say which pip command, before any work."""
+    import importlib.util
+
+    package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(name)
+    if package and importlib.util.find_spec(package) is None:
+        raise SystemExit(f"error: --logger {name} needs the {package} package: "
+                         f"{sys.executable} -m pip install {package}")
 
 
-def _atomic_json(path: Path, data) -> None:
-    _atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+def context_length(model: torch.nn.Module) -> int:
+    """The language model's context (``max_position_embeddings``): the default ``--max_length``."""
+    text = model.config.get_text_config()
+    return int(getattr(text, "max_position_embeddings", None) or 32768)
+
+
+def model_signature(model: torch.nn.Module) -> str:
+    """A hash of the parameter names and shapes: equal for checkpoints of one architecture."""
+    shapes = sorted((name, list(p.shape)) for name, p in model.named_parameters())
+    return hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
 
 
 class Trainer:
@@ -78,35 +102,70 @@ class Trainer:
         self.device = args.device
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise SystemExit("error: --device cuda but no CUDA device is visible; use --device cpu --precision fp32")
+        check_logger(args.logger)
+        self.folder = RunFolder(self.out).open()
+        try:
+            self._build()
+        except BaseException:
+            self.folder.close()
+            raise
+
+    def _build(self) -> None:
+        args = self.args
         quiet_libraries()
         set_seed(args.seed)
+        self.replace_previous = False
+        self.resume_point = self._find_resume_point() if args.resume else None
+        if not args.resume and (previous := self.folder.previous_run()):
+            if not args.overwrite:
+                raise RunFolderError(
+                    f"--weights_path {self.out} holds another run ({previous}); pass --resume to continue it, "
+                    "--overwrite to replace it, or choose another folder")
+            self.replace_previous = True  # removed in run(), once data and model have loaded
+        self.folder.clean_temporaries()
+
+        # Data first: a bad record is reported before the (slow) model load.
+        train_records, report = load_records(args.train_json_file, "train", skip_bad=args.skip_bad_records)
+        print(report.summary())
+        meta_records = None
+        if self.bilevel:
+            meta_records, meta_report = load_records(args.meta_json_file, "meta", skip_bad=args.skip_bad_records)
+            print(meta_report.summary())
+
         self.prm = ProcessRewardModel.from_pretrained(
             args.reward_model, device=self.device, precision=args.precision,
             attn_implementation=args.attn_implementation,
         )
         if args.gradient_checkpointing:
-            self.prm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model = self.prm.model
+            if hasattr(model, "activation_checkpointing_enable"):  # its name since transformers 5.x
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.prm.model.config.use_cache = False
         if args.compile:
             self.prm.compile_layers()
         builder = ExampleBuilder(self.prm.processor, args.max_patch_num)
+        train_records = self._drop_overlong(train_records, args.train_json_file, builder, "train")
+        if meta_records is not None:
+            meta_records = self._drop_overlong(meta_records, args.meta_json_file, builder, "meta")
+        if self.resume_point is not None:
+            train_records = self._match_checkpoint(train_records, meta_records)
+
         pad_id = self.prm.processor.tokenizer.pad_token_id or 0
         pin = self.device.startswith("cuda")
         workers = args.num_workers
         if workers is None:  # decode and tile off the training loop's thread on a GPU machine
             workers = min(4, max((os.cpu_count() or 1) - 1, 0)) if pin else 0
-
-        train_records, report = load_records(args.train_json_file, "train", skip_bad=args.skip_bad_records)
-        print(report.summary())
         self.train_set = ConversationDataset(train_records, args.train_json_file, builder)
         self.train_stream = BatchStream(self.train_set, args.batch_size, args.seed, pad_id, workers, pin)
 
         self.weight_model = None
         self.meta_stream = None
+        self.meta_size = None
         if self.bilevel:
-            meta_records, meta_report = load_records(args.meta_json_file, "meta", skip_bad=args.skip_bad_records)
-            print(meta_report.summary())
             meta_set = ConversationDataset(meta_records, args.meta_json_file, builder, domains=self.train_set.domains)
+            self.meta_size = len(meta_set)
             self.meta_stream = BatchStream(meta_set, args.meta_batch_size, args.seed + 1, pad_id, workers, pin)
             self.weight_model = build_weight_model(
                 args.reweighting, self.train_set.ids, self.train_set.domains, args.activation_function,
@@ -140,12 +199,133 @@ class Trainer:
             problems = [self.upper, self.lower]
             deps = {"l2u": {self.lower: [self.upper]}, "u2l": {self.upper: [self.lower]}}
         strategy = "cpu" if self.device == "cpu" and a.strategy == "default" else a.strategy
-        config = EngineConfig(train_iters=a.iteration_num, valid_step=a.save_every_iterations,
+        # valid_step only tells Betty when to call its (unused) validation hook: never.
+        config = EngineConfig(train_iters=a.iteration_num, valid_step=a.iteration_num + 1,
                               strategy=strategy, roll_back=a.rollback, logger_type=a.logger)
         return IterationEngine(problems, config, deps, self._on_iteration)
 
+    def _drop_overlong(self, records: list[dict], json_path, builder: ExampleBuilder, kind: str) -> list[dict]:
+        """Records longer than --max_length (default: the model's context) are an error, or dropped."""
+        from . import examples
+
+        drop = getattr(examples, "drop_overlong", None)
+        if drop is None:
+            return records
+        limit = self.args.max_length or context_length(self.prm.model)
+        kept, problems = drop(records, json_path, builder, limit, kind, self.args.skip_bad_records)
+        for line in problems:
+            print(f"warning: skipped {line}", file=sys.stderr)
+        if problems:
+            print(f"skipped {len(problems)} {kind} record{'s' if len(problems) != 1 else ''} longer than "
+                  f"{limit} tokens; {len(kept)} left", file=sys.stderr)
+        if not kept:
+            raise DataError(f"{json_path}: no {kind} record fits in --max_length {limit}")
+        return kept
+
     def problems(self) -> list:
         return [p for p in (self.lower, self.upper) if p is not None]
+
+    def mode(self) -> str:
+        if not self.bilevel:
+            return "cold start" if self.args.retrain else "baseline"
+        return STAGES[self.args.reweighting]
+
+    # -- resume --------------------------------------------------------------------------------
+    def run_config(self) -> dict:
+        """What ``--resume`` compares: a checkpoint only continues the same kind of run on the same data."""
+        a = self.args
+        return {
+            "mode": self.mode(),
+            "reward_model": str(a.reward_model),
+            "model_signature": model_signature(self.prm.model),
+            "train_json_file": str(Path(a.train_json_file).resolve()),
+            "train_ids": list(self.train_set.ids),
+            "domains": list(self.train_set.domains),
+            "meta_json_file": str(Path(a.meta_json_file).resolve()) if self.bilevel else None,
+            "meta_size": self.meta_size,
+            "batch_size": a.batch_size,
+            "meta_batch_size": a.meta_batch_size if self.bilevel else None,
+            "hidden_dim": a.hidden_dim if self.bilevel and a.reweighting == "net" else None,
+            "optimizer": a.optimizer,
+        }
+
+    def _find_resume_point(self):
+        """The newest complete checkpoint (verified, readable), falling back past damaged ones."""
+        found = list_checkpoints(self.out)
+        reasons = []
+        for ckpt in reversed(found):
+            try:
+                verify_checkpoint(ckpt)
+                config = read_run_config(ckpt)
+                state = read_trainer_state(ckpt, self.bilevel)
+            except CheckpointError as exc:
+                reasons.append(str(exc))
+                print(f"note: skipping checkpoint {exc}; trying an older one", file=sys.stderr)
+                continue
+            if state["iteration"] > self.args.iteration_num:
+                raise ResumeMismatch(f"checkpoint {ckpt.name} is at iteration {state['iteration']}, past "
+                                     f"--iteration_num {self.args.iteration_num}; pass a larger --iteration_num")
+            if config.get("mode") != self.mode():
+                raise ResumeMismatch(f"--resume: {ckpt} belongs to a run of the {config.get('mode')}, and this "
+                                     f"command trains the {self.mode()}; use another --weights_path")
+            return ckpt, config, state
+        if found:
+            raise ResumeMismatch(f"--resume: no usable checkpoint in {self.out / 'checkpoints'} "
+                                 f"({'; '.join(reasons)}); start again with --overwrite")
+        if previous := self.folder.previous_run():
+            raise ResumeMismatch(f"--resume: {self.out} holds a run ({previous}) but no checkpoint; "
+                                 "start again with --overwrite")
+        print(f"--resume: no checkpoint in {self.out / 'checkpoints'}; starting from the beginning")
+        return None
+
+    def _match_checkpoint(self, train_records: list[dict], meta_records) -> list[dict]:
+        """Refuse a checkpoint of another configuration; put the training records in its id order.
+
+        The weight table, the data stream and the Instance Net's log are all keyed by position
+        in the training file, so a file with the same ids in another order is read in the
+        checkpoint's order, and a file with other ids is refused."""
+        ckpt, saved, _ = self.resume_point
+        a = self.args
+        where = f"--resume: {ckpt.name}"
+        if saved.get("model_signature") != model_signature(self.prm.model):
+            raise ResumeMismatch(f"{where} holds a model of another architecture than --reward_model "
+                                 f"{a.reward_model} (it was made from {saved.get('reward_model')})")
+        for key, flag in (("batch_size", "batch_size"), ("meta_batch_size", "meta_batch_size"),
+                          ("hidden_dim", "hidden_dim"), ("optimizer", "optimizer")):
+            current = self.run_config_value(key)
+            if saved.get(key) != current:
+                raise ResumeMismatch(f"{where} was made with --{flag} {saved.get(key)}, not {current}")
+        if self.bilevel and saved.get("meta_size") != len(meta_records):
+            raise ResumeMismatch(f"{where} was made with {saved.get('meta_size')} meta records, "
+                                 f"{a.meta_json_file} has {len(meta_records)}")
+        saved_ids = [str(i) for i in saved.get("train_ids", [])]
+        ids = [str(r["id"]) for r in train_records]
+        if ids != saved_ids:
+            if sorted(ids) != sorted(saved_ids):
+                missing = sorted(set(saved_ids) - set(ids))
+                new = sorted(set(ids) - set(saved_ids))
+                example = (missing or new)[0] if (missing or new) else ""
+                raise ResumeMismatch(
+                    f"{where} was trained on other records: {len(missing)} of its ids are not in "
+                    f"{a.train_json_file} and {len(new)} are new (e.g. {example!r}); resume with the same training data")
+            by_id = {str(r["id"]): r for r in train_records}
+            train_records = [by_id[i] for i in saved_ids]
+            print(f"note: {a.train_json_file} lists the checkpoint's {len(ids)} training ids in another order; "
+                  "weights are matched by id", file=sys.stderr)
+        domains = sorted({r.get("dataset", "default") for r in train_records})
+        if saved.get("domains") is not None and saved["domains"] != domains:
+            raise ResumeMismatch(f"{where} was trained with domains {saved['domains']}, the data now has {domains}")
+        if saved.get("train_json_file") != str(Path(a.train_json_file).resolve()):
+            print(f"note: resuming with {a.train_json_file}; the checkpoint was made with "
+                  f"{saved.get('train_json_file')} (same training ids)", file=sys.stderr)
+        return train_records
+
+    def run_config_value(self, key: str):
+        a = self.args
+        return {"batch_size": a.batch_size,
+                "meta_batch_size": a.meta_batch_size if self.bilevel else None,
+                "hidden_dim": a.hidden_dim if self.bilevel and a.reweighting == "net" else None,
+                "optimizer": a.optimizer}[key]
 
     # -- state -----------------------------------------------------------------------------
     def trainer_state(self) -> dict:
@@ -162,22 +342,25 @@ class Trainer:
         return state
 
     def resume(self) -> int:
-        ckpt = latest_checkpoint(self.out)
-        if ckpt is None:
-            print(f"--resume: no checkpoint in {self.out / 'checkpoints'}; starting from the beginning")
+        if self.resume_point is None:
             return 0
-        state = load_checkpoint(ckpt, self.prm, self.weight_model)
-        self.train_stream.load_state_dict(state["train_stream"])
-        if self.meta_stream is not None:
-            self.meta_stream.load_state_dict(state["meta_stream"])
-        self.net_seen = dict(state.get("net_seen", {}))
-        for prob in self.problems():
-            saved = state[prob.name]
-            prob.optimizer.load_state_dict(saved["optimizer"])
-            if prob.scheduler is not None and saved["scheduler"] is not None:
-                prob.scheduler.load_state_dict(saved["scheduler"])
-            prob._count = int(saved["count"])
-            prob.skipped_updates = int(saved["skipped_updates"])
+        ckpt, _, state = self.resume_point
+        state = load_checkpoint(ckpt, self.prm, self.weight_model, state)
+        try:
+            self.train_stream.load_state_dict(state["train_stream"])
+            if self.meta_stream is not None:
+                self.meta_stream.load_state_dict(state["meta_stream"])
+            self.net_seen = dict(state.get("net_seen", {}))
+            for prob in self.problems():
+                saved = state[prob.name]
+                prob.optimizer.load_state_dict(saved["optimizer"])
+                if prob.scheduler is not None and saved["scheduler"] is not None:
+                    prob.scheduler.load_state_dict(saved["scheduler"])
+                prob._count = int(saved["count"])
+                prob.skipped_updates = int(saved["skipped_updates"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ResumeMismatch(f"--resume: {ckpt.name} does not fit this run's optimizer or data ({first})") from None
         it = int(state["iteration"])
         print(f"resumed from {ckpt} at iteration {it}")
         return it
@@ -190,23 +373,44 @@ class Trainer:
             return dict(self.net_seen)
         return self.weight_model.effective()
 
+    def nonfinite_state(self) -> str | None:
+        """What holds a NaN or an infinity (the PRM, the weight model, the weights), or None."""
+        if not all_finite(list(self.prm.parameters())):
+            return "the PRM's parameters"
+        if self.weight_model is not None and not all_finite(list(self.weight_model.parameters())):
+            return "the weight model's parameters"
+        for value in (self.instance_weights() or {}).values():
+            if not math.isfinite(value["weight"] if isinstance(value, dict) else value):
+                return "the instance weights"
+        return None
+
+    def last_checkpoint_text(self) -> str:
+        ckpt = latest_checkpoint(self.out)
+        return f"the last checkpoint (finite) is {ckpt}" if ckpt is not None else "no checkpoint was written"
+
     def export(self) -> None:
         """Write the usable model and the weights at the top of --weights_path."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        tmp = self.out / ".export-tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.prm.save_pretrained(tmp)
-        for f in tmp.iterdir():
-            os.replace(f, self.out / f.name)
-        tmp.rmdir()
+        tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=self.out))
+        try:
+            self.prm.save_pretrained(tmp)
+            names = sorted(f.name for f in tmp.iterdir())
+            atomic_write_json(self.out / EXPORT_MANIFEST, {"files": names})
+            for name in names:
+                os.replace(tmp / name, self.out / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         weights = self.instance_weights()
         if weights is not None:
-            _atomic_json(self.out / "instance_weights.json", weights)
+            atomic_write_json(self.out / "instance_weights.json", weights)
 
     def save(self, iteration: int) -> Path:
+        bad = self.nonfinite_state()
+        if bad is not None:
+            raise TrainingDiverged(f"stopped at iteration {iteration}: {bad} are not finite, so nothing was "
+                                   f"written; {self.last_checkpoint_text()}")
         self.export()
         return save_checkpoint(self.out, iteration, self.prm, self.weight_model, self.trainer_state(),
-                               keep=self.args.keep_checkpoints)
+                               self.run_config(), keep=self.args.keep_checkpoints)
 
     def _record(self, iteration: int, seconds: float) -> dict:
         low = self.lower.stats
@@ -229,6 +433,8 @@ class Trainer:
         now = time.perf_counter()
         row = self._record(it, now - self._last_time)
         self._last_time = now
+        # metrics.jsonl keeps NaN as the JSON-superset token NaN (one row per iteration, as
+        # json.loads reads it); every other output file is strict JSON.
         self.metrics_file.write(json.dumps(row) + "\n")
         self.metrics_file.flush()
         if self.args.logger != "none":
@@ -243,10 +449,14 @@ class Trainer:
             self.bar.set_postfix(post, refresh=False)
             self.bar.update(1)
         for prob in self.problems():
+            if not prob.params_finite:
+                raise TrainingDiverged(
+                    f"stopped at iteration {it}: the {prob.name}-level update made its parameters non-finite "
+                    f"(lower the learning rate); {self.last_checkpoint_text()}")
             if prob.bad_in_a_row >= self.args.max_bad_steps:
                 raise TrainingDiverged(
                     f"stopped at iteration {it}: {prob.bad_in_a_row} non-finite {prob.name}-level updates in a row "
-                    f"(--max_bad_steps {self.args.max_bad_steps}); the last checkpoint is in {self.out / 'checkpoints'}"
+                    f"(--max_bad_steps {self.args.max_bad_steps}); {self.last_checkpoint_text()}"
                 )
         final = it == self.args.iteration_num
         if it % self.args.save_every_iterations == 0 or final or self._signal is not None:
@@ -259,40 +469,52 @@ class Trainer:
         return True
 
     def _handle_signal(self, signum, frame):
-        if self._signal is not None:  # a second signal: stop at once
-            raise KeyboardInterrupt
+        if self._signal is not None:  # a second signal: stop at once, the last checkpoint stands
+            self._signal = signum
+            raise TrainingInterrupted(f"{signal.Signals(signum).name} received again: stopped at once; "
+                                      f"{self.last_checkpoint_text()}; resume with the same command plus --resume",
+                                      signum)
         self._signal = signum
         print(f"\n{signal.Signals(signum).name}: finishing this iteration, then saving a checkpoint ...", flush=True)
 
     def run(self) -> Path:
         a = self.args
-        self.out.mkdir(parents=True, exist_ok=True)
-        start = self.resume() if a.resume else 0
-        if not a.resume:
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)
-        else:
-            self._trim_metrics(start)
-        _atomic_json(self.out / "train_args.json", vars(a))
-        self.engine.start_iteration = start
-        self.metrics_file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")
-        self.bar = None if a.no_progress else tqdm(total=a.iteration_num, initial=start, desc=self._stage(), unit="it")
-        self._last_time, self._last_meta = time.perf_counter(), None
-        previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            if start < a.iteration_num:
-                self.engine.run()
+            if self.replace_previous:
+                self.folder.remove_previous_run()
+            start = self.resume()
+            if self.resume_point is None:
+                (self.out / "metrics.jsonl").unlink(missing_ok=True)
+            else:
+                self._trim_metrics(start)
+            atomic_write_json(self.out / "train_args.json", vars(a))
+            self.engine.start_iteration = start
+            self.metrics_file = open_append(self.out / "metrics.jsonl")
+            self.bar = None if a.no_progress else tqdm(total=a.iteration_num, initial=start, desc=self.mode(),
+                                                       unit="it")
+            self._last_time, self._last_meta = time.perf_counter(), None
+            previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                if start < a.iteration_num:
+                    self.engine.run()
+            finally:
+                for s, h in previous.items():
+                    signal.signal(s, h)
+                self.metrics_file.close()
+                if self.bar is not None:
+                    self.bar.close()
         finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-            self.metrics_file.close()
-            if self.bar is not None:
-                self.bar.close()
+            self.folder.close()
         return self.out
+
+    def close(self) -> None:
+        """Release --weights_path (``run`` does it itself; for a Trainer that is never run)."""
+        self.folder.close()
 
     def _trim_metrics(self, start: int) -> None:
         """Drop rows logged after the checkpoint resumed from (they are about to be redone)."""
         path = self.out / "metrics.jsonl"
-        if not path.exists():
+        if not path.exists() or path.is_symlink():
             return
         kept = []
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -302,20 +524,18 @@ class Trainer:
                 continue
             if isinstance(row, dict) and int(row.get("iteration", 0)) <= start:
                 kept.append(line)
-        _atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-    def _stage(self) -> str:
-        if not self.bilevel:
-            return "cold start" if self.args.retrain else "baseline"
-        return {"table": "Instance Table", "net": "Instance Net", "domain": "Domain Table"}[self.args.reweighting]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def write_figures(trainer: Trainer) -> list[Path]:
+    """The run's figures: in ``<weights_path>/figs/`` by default, named after the run with ``--figs_dir``."""
     from .figures import plot_losses, plot_weights
 
-    figs = Path(trainer.args.figs_dir)
-    name = trainer.out.resolve().name
-    paths = [plot_losses(trainer.out / "metrics.jsonl", figs / f"{name}_losses.png")]
+    if trainer.args.figs_dir is None:
+        figs, prefix = trainer.out / "figs", ""
+    else:
+        figs, prefix = Path(trainer.args.figs_dir), trainer.out.resolve().name + "_"
+    paths = [plot_losses(trainer.out / "metrics.jsonl", figs / f"{prefix}losses.png")]
     weights = trainer.instance_weights()
     if weights:
         if trainer.args.reweighting == "domain":
@@ -323,5 +543,5 @@ def write_figures(trainer: Trainer) -> list[Path]:
         else:
             domain_of = {str(r["id"]): r.get("dataset", "default") for r in trainer.train_set.records}
         values = {k: (v["weight"] if isinstance(v, dict) else v) for k, v in weights.items()}
-        paths.append(plot_weights(values, domain_of, figs / f"{name}_weights.png", trainer._stage()))
+        paths.append(plot_weights(values, domain_of, figs / f"{prefix}weights.png", trainer.mode()))
     return paths
