@@ -31,13 +31,13 @@ def _train(args) -> int:
     from dreamprm.data import DataError
     from dreamprm.prm import ModelLoadError
     from dreamprm.runfolder import RunFolderError
-    from dreamprm.trainer import (ResumeMismatch, Trainer, TrainingDiverged, TrainingInterrupted,
+    from dreamprm.trainer import (ResumeMismatch, SetupError, Trainer, TrainingDiverged, TrainingInterrupted,
                                   write_figures)
 
     try:
         trainer = Trainer(args)
         out = trainer.run()
-    except (DataError, ModelLoadError, RunFolderError, ResumeMismatch, CheckpointError) as exc:
+    except (DataError, ModelLoadError, RunFolderError, ResumeMismatch, CheckpointError, SetupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:

@@ -62,6 +62,10 @@ class TrainingDiverged(RuntimeError):
     """Too many non-finite updates in a row, or non-finite parameters/weights."""
 
 
+class SetupError(Exception):
+    """A run that cannot start as asked (a missing device or logger package); one line."""
+
+
 class ResumeMismatch(Exception):
     """``--resume`` into a checkpoint made with an incompatible configuration (one line)."""
 
@@ -78,8 +82,7 @@ def check_logger(name: str) -> None:
 
     package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(name)
     if package and importlib.util.find_spec(package) is None:
-        raise SystemExit(f"error: --logger {name} needs the {package} package: "
-                         f"{sys.executable} -m pip install {package}")
+        raise SetupError(f"--logger {name} needs the {package} package: {sys.executable} -m pip install {package}")
 
 
 def context_length(model: torch.nn.Module) -> int:
@@ -101,7 +104,7 @@ class Trainer:
         self.bilevel = not (args.baseline or args.retrain)
         self.device = args.device
         if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise SystemExit("error: --device cuda but no CUDA device is visible; use --device cpu --precision fp32")
+            raise SetupError("--device cuda but no CUDA device is visible; use --device cpu --precision fp32")
         check_logger(args.logger)
         self.folder = RunFolder(self.out).open()
         try:

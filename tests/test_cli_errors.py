@@ -1,0 +1,126 @@
+"""Nothing a user can type produces a Python traceback: the CLIs over a table of bad flags and
+inputs, each answered by one ``error:`` line and a non-zero status (a traceback is a bug)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+TRAIN = ["--reward_model", "tiny", "--device", "cpu", "--precision", "fp32", "--no_progress",
+         "--iteration_num", "1"]
+
+# Flag values that parse but make no sense: refused before torch is even imported.
+BAD_TRAIN_FLAGS = [
+    (["--batch_size", "0"], "--batch_size must be at least 1 (got 0)"),
+    (["--batch_size", "-1"], "--batch_size must be at least 1 (got -1)"),
+    (["--meta_batch_size", "0"], "--meta_batch_size must be at least 1"),
+    (["--unroll_steps", "0"], "--unroll_steps must be at least 1"),
+    (["--gradiant_accumulation", "0"], "--gradiant_accumulation must be at least 1"),
+    (["--lr", "-1"], "--lr must be 0 or more (got -1.0)"),
+    (["--lr", "nan"], "--lr must be a finite number"),
+    (["--meta_lr", "inf"], "--meta_lr must be a finite number"),
+    (["--momentum", "1.5"], "--momentum (Adam beta1) must be in [0, 1) (got 1.5)"),
+    (["--weight_decay", "-1"], "--weight_decay must be 0 or more"),
+    (["--num_workers", "-1"], "--num_workers must be 0 or more"),
+    (["--max_patch_num", "0"], "--max_patch_num must be at least 1"),
+    (["--max_bad_steps", "0"], "--max_bad_steps must be at least 1"),
+    (["--hidden_dim", "0"], "--hidden_dim must be at least 1"),
+    (["--warmup_ratio", "1.5"], "--warmup_ratio must be in [0, 1]"),
+    (["--warmup_ratio", "-0.1"], "--warmup_ratio must be in [0, 1]"),
+    (["--darts_alpha", "0"], "--darts_alpha must be positive"),
+    (["--gradiant_clipping", "inf"], "--gradiant_clipping must be a finite number"),
+    (["--initialization", "inf"], "--initialization must be a finite number"),
+    (["--initialization", "nan"], "--initialization must be a finite number"),
+    (["--save_every_iterations", "0"], "--save_every_iterations must be at least 1"),
+    (["--max_length", "0"], "--max_length must be at least 1"),
+    (["--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
+    (["--reweighting", "domain", "--activation_function", "Clip"], "--activation_function does not apply"),
+]
+
+BAD_TEST_FLAGS = [
+    (["--batch_size", "0"], "--batch_size must be at least 1"),
+    (["--max_patch_num", "-2"], "--max_patch_num must be at least 1"),
+    (["--prefetch", "-1"], "--prefetch must be 0 or more"),
+    (["--max_length", "0"], "--max_length must be at least 1"),
+]
+
+
+def _cli(script: str, *argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), *argv], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def _one_error_line(done: subprocess.CompletedProcess, fragment: str, status: int = 2) -> None:
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == status, (done.returncode, done.stderr)
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and fragment in errors[0], lines
+
+
+@pytest.mark.parametrize("flags, fragment", BAD_TRAIN_FLAGS, ids=[" ".join(f) for f, _ in BAD_TRAIN_FLAGS])
+def test_train_bad_flags(tmp_path, flags, fragment):
+    done = _cli("train.py", *TRAIN, "--weights_path", str(tmp_path / "w"), *flags, cwd=tmp_path)
+    _one_error_line(done, fragment)
+    assert not (tmp_path / "w").exists()  # refused before anything was created
+
+
+@pytest.mark.parametrize("flags, fragment", BAD_TEST_FLAGS, ids=[" ".join(f) for f, _ in BAD_TEST_FLAGS])
+def test_test_bad_flags(tmp_path, flags, fragment):
+    done = _cli("test.py", "--reward_model", "tiny", "--device", "cpu", *flags, cwd=tmp_path)
+    _one_error_line(done, fragment)
+
+
+def _bad_inputs(tmp: Path) -> list[tuple[str, list[str], str]]:
+    """(script, argv, fragment of the one error line) for bad paths, files and models."""
+    a_file = tmp / "a_file"
+    a_file.write_text("x")
+    not_json = tmp / "not.json"
+    not_json.write_text("{")
+    latin1 = tmp / "latin1.json"
+    latin1.write_bytes(b'[{"id": "caf\xe9"}]')
+    data = ["--train_json_file", str(DATA / "train.json"), "--meta_json_file", str(DATA / "meta.json")]
+    test_data = ["--test_json_file", str(DATA / "test.json"), "--device", "cpu", "--precision", "fp32"]
+    return [
+        ("train.py", [*TRAIN, *data, "--weights_path", str(a_file)], "is a file, not a folder"),
+        ("train.py", [*TRAIN, *data, "--weights_path", str(tmp / "w1"), "--reward_model", str(tmp / "nope")],
+         "model folder not found"),
+        ("train.py", [*TRAIN, "--weights_path", str(tmp / "w2"), "--train_json_file", str(tmp / "missing.json")],
+         "missing.json"),
+        ("train.py", [*TRAIN, "--weights_path", str(tmp / "w3"), "--train_json_file", str(not_json)], "not valid JSON"),
+        ("train.py", [*TRAIN, "--weights_path", str(tmp / "w4"), "--train_json_file", str(latin1)], "latin1.json"),
+        ("train.py", [*TRAIN, *data, "--weights_path", str(tmp / "w5"), "--logger", "wandb"], "pip install wandb"),
+        ("test.py", [*test_data, "--reward_model", str(tmp / "nope"), "--output_file", str(tmp / "o.json")],
+         "not found"),
+        ("test.py", [*test_data, "--reward_model", "tiny", "--output_file", str(tmp)], "--output_file"),
+        ("test.py", [*test_data, "--reward_model", "tiny", "--output_file", str(a_file / "o.json")], "--output_file"),
+        ("test.py", ["--test_json_file", str(not_json), "--reward_model", "tiny", "--device", "cpu",
+                     "--output_file", str(tmp / "o2.json")], "not valid JSON"),
+    ]
+
+
+def test_bad_paths_files_and_models_are_one_line(tmp_path):
+    import importlib.util
+
+    for script, argv, fragment in _bad_inputs(tmp_path):
+        if "wandb" in fragment and importlib.util.find_spec("wandb") is not None:
+            continue
+        done = _cli(script, *argv, cwd=tmp_path)
+        assert "Traceback" not in done.stderr, (script, argv, done.stderr)
+        assert done.returncode == 2, (script, argv, done.returncode, done.stderr)
+        assert any(line.startswith("error: ") and fragment in line for line in done.stderr.splitlines()), \
+            (script, argv, done.stderr)
+
+
+def test_a_resume_into_another_runs_folder_is_one_line(tmp_path):
+    """The newcomer's scenario: --resume into a folder of another --reweighting (was a size-mismatch traceback)."""
+    data = ["--train_json_file", str(DATA / "train.json"), "--meta_json_file", str(DATA / "meta.json"),
+            "--weights_path", str(tmp_path / "w")]
+    assert _cli("train.py", *TRAIN, *data, cwd=tmp_path).returncode == 0
+    done = _cli("train.py", *TRAIN, *data, "--reweighting", "domain", "--resume", cwd=tmp_path)
+    _one_error_line(done, "belongs to a run of the Instance Table")
+    assert json.loads((tmp_path / "w" / "train_args.json").read_text())["reweighting"] == "table"
