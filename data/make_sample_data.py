@@ -9,6 +9,8 @@ differently (shapes, charts, scenes) and draw slightly different pictures.
 
 Output is byte-for-byte reproducible: fixed seeds, PNGs without metadata, JSON written with
 ``indent=1, ensure_ascii=False`` and a trailing newline. Formats: README.md, "Data formats".
+An output that cannot be written (``--out`` is a file, a folder without write permission)
+stops the script with one ``error:`` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from dreamprm.prompt import SYSTEM_PROMPT
+try:
+    from dreamprm.prompt import SYSTEM_PROMPT
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from dreamprm.prompt import SYSTEM_PROMPT
 
 COLOURS = {"red": (215, 40, 40), "green": (40, 160, 60), "blue": (45, 75, 215),
            "yellow": (235, 205, 35)}
@@ -171,17 +178,26 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
+    parser.add_argument("--out", "-o", type=Path, default=Path(__file__).resolve().parent,
                         help="output folder (default: next to this script)")
     out = parser.parse_args(argv).out
-    maker = Maker(out)
-    write_json(out / "train.json", maker.records(48, seed=1, prefix="train"))
-    write_json(out / "coldstart.json", maker.records(32, seed=2, prefix=None))
-    write_json(out / "meta.json", maker.records(16, seed=3, prefix="meta", meta=True))
-    write_json(out / "test.json", maker.test(8, seed=4))
+    try:
+        if out.exists() and not out.is_dir():
+            print(f"error: {out}: is a file; --out takes a folder", file=sys.stderr)
+            return 2
+        maker = Maker(out)
+        write_json(out / "train.json", maker.records(48, seed=1, prefix="train"))
+        write_json(out / "coldstart.json", maker.records(32, seed=2, prefix=None))
+        write_json(out / "meta.json", maker.records(16, seed=3, prefix="meta", meta=True))
+        write_json(out / "test.json", maker.test(8, seed=4))
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        where = getattr(exc, "filename", None) or out
+        print(f"error: {where}: cannot write ({getattr(exc, 'strerror', None) or exc})", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

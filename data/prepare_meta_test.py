@@ -14,7 +14,9 @@ Inputs
   parquet files, e.g. ``"['3', '4']"``; empty or absent = open question), ``answer`` (a letter
   for multiple choice, else free text, or a list of acceptable free-text answers) and the image
   path in ``image_path``, ``image`` or ``image_1`` (the first one present; relative paths are
-  kept, or joined to ``--image_root``).
+  kept, or joined to ``--image_root``). A question with several images (a list of paths, or
+  ``image_2`` ... ``image_7`` set, as in MMMU) is skipped and counted, with its candidates:
+  a meta or test record holds one image.
 * ``--candidates``: JSONL, one generated solution a line: ``{"id" or "question_id", "candidate"}``.
   Candidates keep their file order within a question.
 
@@ -48,7 +50,9 @@ one, the last "answer is X" / "final answer: X" phrase, else a trailing ``\\boxe
   when any of its entries matches.
 
 Counts are printed as JSON on stdout; a malformed line stops the run with
-``FILE:LINE: FIELD: problem`` on stderr (exit 2).
+``error: FILE:LINE: FIELD: problem`` on stderr (exit 2); so does any other bad input or flag
+(an unreadable or non-UTF-8 file, an output that is a folder, one of the inputs, or both
+outputs at once, an output that cannot be written), always as one ``error:`` line.
 """
 
 from __future__ import annotations
@@ -128,7 +132,7 @@ def normalize_options(options) -> dict[str, str]:
     if isinstance(options, str):
         try:
             options = ast.literal_eval(options)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             raise ValueError("string is not a list literal") from None
     if isinstance(options, dict):
         out = {}
@@ -210,8 +214,30 @@ def _iter(path: Path):
     return iter_file_records(path, DataError)
 
 
-def read_questions(paths, image_root: str | None = None) -> dict:
+EXTRA_IMAGE_FIELDS = tuple(f"image_{k}" for k in range(2, 8))  # MMMU: image_1 ... image_7
+
+
+def question_image(rec: dict, where: str) -> str | None:
+    """The question's one image path; None when it has several (the question is skipped)."""
+    key = next((k for k in ("image_path", "image", "image_1") if rec.get(k)), None)
+    value = rec.get(key) if key else None
+    if isinstance(value, list) and all(isinstance(x, str) and x for x in value):
+        paths = list(dict.fromkeys(value))
+    elif isinstance(value, str):
+        paths = [value]
+    else:
+        raise _err(where, key or "image_path",
+                   "missing (image_path, image or image_1 must hold a path)" if value is None
+                   else f"not a path (a string or a list of strings), got {type(value).__name__}")
+    if len(paths) > 1 or any(rec.get(k) for k in EXTRA_IMAGE_FIELDS):
+        return None
+    return paths[0]
+
+
+def read_questions(paths, image_root: str | None = None, skipped: set | None = None) -> dict:
+    """Questions by id; the ids of questions skipped for holding several images go to ``skipped``."""
     out = {}
+    skipped = set() if skipped is None else skipped
     for p in map(Path, paths):
         for where, rec in _iter(p):
             if not isinstance(rec, dict):
@@ -219,7 +245,7 @@ def read_questions(paths, image_root: str | None = None) -> dict:
             qid = rec.get("id")
             if qid is None or isinstance(qid, bool) or not isinstance(qid, (str, int)):
                 raise _err(where, "id", "missing or not a string/number")
-            if str(qid) in out:
+            if str(qid) in out or str(qid) in skipped:
                 raise _err(where, "id", f"duplicate question id {qid!r}")
             q = rec.get("question")
             if not isinstance(q, str) or not q.strip():
@@ -228,9 +254,10 @@ def read_questions(paths, image_root: str | None = None) -> dict:
                 options = normalize_options(rec.get("options"))
             except ValueError as e:
                 raise _err(where, "options", str(e)) from None
-            image = next((rec[k] for k in ("image_path", "image", "image_1") if rec.get(k)), None)
-            if not isinstance(image, str):
-                raise _err(where, "image_path", "missing (image_path, image or image_1 must hold a path)")
+            image = question_image(rec, where)
+            if image is None:
+                skipped.add(str(qid))
+                continue
             if image_root:
                 image = str(Path(image_root) / image)
             answer = rec.get("answer")
@@ -241,15 +268,18 @@ def read_questions(paths, image_root: str | None = None) -> dict:
                 if key not in options:
                     by_text = [k for k, v in options.items() if _norm(v) == _norm(answer)]
                     if len(by_text) != 1:
-                        raise _err(where, "answer", f"{answer!r} is not one of the option letters {''.join(options)}")
+                        raise _err(where, "answer",
+                                   f"{answer[:40]!r} is not one of the option letters {''.join(options)}")
                     key = by_text[0]
                 answer = key
             elif isinstance(answer, (int, float)) and not isinstance(answer, bool):
                 answer = str(answer)
             elif isinstance(answer, str) and answer.strip().startswith("["):
                 try:
-                    answer = [str(a) for a in ast.literal_eval(answer)]
-                except (ValueError, SyntaxError):
+                    parsed = ast.literal_eval(answer)
+                    if isinstance(parsed, (list, tuple)):
+                        answer = [str(a) for a in parsed]
+                except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                     pass
             if not answer or not (isinstance(answer, str) or isinstance(answer, list)):
                 raise _err(where, "answer", "missing")
@@ -261,8 +291,11 @@ def read_questions(paths, image_root: str | None = None) -> dict:
     return out
 
 
-def read_candidates(path, questions: dict, splitter: str = "upstream") -> dict:
+def read_candidates(path, questions: dict, splitter: str = "upstream", skipped: set | None = None,
+                    counts: Counter | None = None) -> dict:
+    """Candidates by question id; those of a ``skipped`` question are counted in ``counts``."""
     cands: dict[str, list[str]] = {}
+    skipped = skipped or set()
     for where, rec in _iter(Path(path)):
         if not isinstance(rec, dict):
             raise _err(where, "<record>", "expected a JSON object")
@@ -270,6 +303,10 @@ def read_candidates(path, questions: dict, splitter: str = "upstream") -> dict:
         qid = rec.get(field)
         if qid is None or isinstance(qid, bool) or not isinstance(qid, (str, int)):
             raise _err(where, "id", "missing (id or question_id)")
+        if str(qid) in skipped:
+            if counts is not None:
+                counts["candidates_of_skipped_questions"] += 1
+            continue
         if str(qid) not in questions:
             raise _err(where, field, f"unknown question id {qid!r}")
         c = rec.get("candidate")
@@ -323,6 +360,44 @@ def build(questions: dict, cands: dict, splitter: str = "upstream") -> tuple[lis
     return meta, test, dict(counts)
 
 
+def output_problems(outputs: list[tuple[str, Path]], inputs: list[Path]) -> str | None:
+    """Why the outputs cannot be written (a folder, one of the inputs, both the same), or None."""
+    for flag, out in outputs:
+        try:
+            if out.is_dir():
+                return f"{out}: {flag} is a folder; give it a file name, e.g. {out / (flag[2:-4] + '.json')}"
+        except (OSError, ValueError) as exc:
+            return f"{out!r}: {flag} is not a usable path ({exc})"
+        for f in inputs:
+            if _same_file(out, f):
+                return f"{out}: {flag} is also an input file; write it to another file"
+    if len(outputs) == 2:
+        (fa, a), (fb, b) = outputs
+        try:
+            same = _same_file(a, b) or a.resolve() == b.resolve()
+        except (OSError, ValueError):
+            same = str(a) == str(b)
+        if same:
+            return f"{a}: {fa} and {fb} name the same file"
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except (OSError, ValueError):
+        return False
+
+
+def write_json(path: Path, data) -> None:
+    """Write ``data`` as indented UTF-8 JSON; any failure is one DataError line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="questions + candidates -> DreamPRM meta and test JSON")
     ap.add_argument("--questions", nargs="+", required=True, help="MMMU/MMMU-Pro style .jsonl/.json files")
@@ -335,17 +410,23 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not args.meta_out and not args.test_out:
         ap.error("give --meta_out and/or --test_out")
+    outputs = [(flag, Path(v)) for flag, v in (("--meta_out", args.meta_out), ("--test_out", args.test_out)) if v]
     try:
-        questions = read_questions(args.questions, args.image_root)
-        cands = read_candidates(args.candidates, questions, args.step_splitter)
+        problem = output_problems(outputs, [Path(q) for q in args.questions] + [Path(args.candidates)])
+        if problem:
+            raise DataError(problem)
+        skipped: set = set()
+        skip_counts: Counter = Counter()
+        questions = read_questions(args.questions, args.image_root, skipped)
+        cands = read_candidates(args.candidates, questions, args.step_splitter, skipped, skip_counts)
         meta, test, counts = build(questions, cands, args.step_splitter)
+        counts["questions_skipped_several_images"] = len(skipped)
+        counts["candidates_of_skipped_questions"] = skip_counts["candidates_of_skipped_questions"]
+        for flag, path in outputs:
+            write_json(path, meta if flag == "--meta_out" else test)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for path, data in ((args.meta_out, meta), (args.test_out, test)):
-        if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=1))
     print(json.dumps(counts, indent=2))
     return 0
 

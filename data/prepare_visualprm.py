@@ -15,7 +15,9 @@ Input schema (what was found, and where)
 ``annotations/<source>.jsonl`` file whose records have (dataset card "Data fields",
 https://huggingface.co/datasets/OpenGVLab/VisualPRM400K-v1.1-Raw, README.md):
 
-* ``image`` -- image path (relative to the unpacked ``images/`` folder; a list is accepted too),
+* ``image`` -- image path (relative to the unpacked ``images/`` folder; a one-path list is
+  accepted too; a record with several images is skipped and counted, since a training record
+  holds one image),
 * ``question`` -- the input query, ``answer`` -- the ground truth, ``response`` -- the sampled
   solution, ``num_mc_sequences`` -- continuations sampled per step,
 * ``steps_with_score`` -- the response split into steps, each ``{"step": text, "score": mc}``
@@ -50,8 +52,11 @@ Rules
 * **Presets**: ``table`` 12,000 (Instance Table), ``net`` 100,000 (Instance Net), ``coldstart``
   20,000 (cold-start SFT) -- DreamPRM-1.5 paper, App. B.
 
-Counts (records, instances kept, steps, ``+``/``-`` steps, per dataset) are printed as JSON on
-stdout. A malformed record stops the run with ``FILE:LINE: FIELD: problem`` on stderr (exit 2).
+Counts (records, instances kept, steps, ``+``/``-`` steps, per dataset, records skipped for
+holding several images) are printed as JSON on stdout. A malformed record stops the run with
+``error: FILE:LINE: FIELD: problem`` on stderr (exit 2); so does any other bad input or flag
+(an unreadable or non-UTF-8 file, an output that is a folder or one of the inputs, an output
+that cannot be written), always as one ``error:`` line.
 """
 
 from __future__ import annotations
@@ -84,17 +89,30 @@ def _err(where: str, field: str, problem: str) -> DataError:
     return DataError(f"{where}: {field}: {problem}")
 
 
-def iter_records(paths):
-    """Yield (where, file stem, record) from .jsonl/.json files or folders of them."""
+def input_files(paths) -> list[Path]:
+    """The annotation files named by ``paths`` (folders: their ``*.jsonl``/``*.json``, sorted)."""
     files = []
     for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix in (".jsonl", ".json"))
-        elif p.exists():
-            files.append(p)
-        else:
-            raise DataError(f"{p}: no such file")
-    for f in files:
+        try:
+            if p.is_dir():
+                found = sorted(f for f in p.iterdir() if f.suffix in (".jsonl", ".json") and not f.is_dir())
+                if not found:
+                    raise DataError(f"{p}: a folder without .jsonl or .json files")
+                files += found
+            elif p.exists():
+                files.append(p)
+            else:
+                raise DataError(f"{p}: no such file")
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"{p}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    return files
+
+
+def iter_records(paths):
+    """Yield (where, file stem, record) from .jsonl/.json files or folders of them."""
+    for f in input_files(paths):
         for where, rec in iter_file_records(f, DataError):
             yield where, f.stem, rec
 
@@ -110,16 +128,21 @@ def _step_score(step, where: str, i: int) -> tuple[str, float]:
     if score is None and "num_mc_correct" in step and "num_mc_total" in step:
         try:
             score = float(step["num_mc_correct"]) / float(step["num_mc_total"])
-        except (TypeError, ValueError, ZeroDivisionError):
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError):
             raise _err(where, field + ".num_mc_total", "cannot compute a score") from None
-    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-        raise _err(where, field + ".score", f"not a finite number ({score!r})")
+    try:
+        finite = not isinstance(score, bool) and isinstance(score, (int, float)) and math.isfinite(score)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
+        raise _err(where, field + ".score", f"not a finite number ({str(score)[:40]})")
     return text.strip(), float(score)
 
 
 def convert_record(rec, where: str, stem: str, mc_threshold: float = DEFAULT_MC_THRESHOLD,
-                   image_root: str | None = None) -> dict:
-    """One VisualPRM400K-Raw record -> one training record (see module docstring)."""
+                   image_root: str | None = None) -> dict | None:
+    """One VisualPRM400K-Raw record -> one training record (see module docstring); None for a
+    record with several images (a training record holds one)."""
     if not isinstance(rec, dict):
         raise _err(where, "<record>", "expected a JSON object")
     if "steps_with_score" not in rec:
@@ -130,11 +153,13 @@ def convert_record(rec, where: str, stem: str, mc_threshold: float = DEFAULT_MC_
         raise _err(where, "question", "missing or empty")
     image = rec.get("image")
     if isinstance(image, list) and image and all(isinstance(x, str) and x for x in image):
-        image = image[0] if len(image) == 1 else image
+        if len(set(image)) > 1:
+            return None
+        image = image[0]
     elif not isinstance(image, str) or not image:
         raise _err(where, "image", "missing or not a path (string or list of strings)")
     if image_root:
-        image = [str(Path(image_root) / x) for x in image] if isinstance(image, list) else str(Path(image_root) / image)
+        image = str(Path(image_root) / image)
     steps = rec["steps_with_score"]
     if not isinstance(steps, list) or not steps:
         raise _err(where, "steps_with_score", "expected a non-empty list")
@@ -171,7 +196,7 @@ def select(records: list[dict], num_samples: int | None, seed: int, balance: boo
     return chosen
 
 
-def stats(records_read: int, chosen: list[dict]) -> dict:
+def stats(records_read: int, chosen: list[dict], several_images: int = 0) -> dict:
     per = defaultdict(Counter)
     total = Counter()
     for r in chosen:
@@ -181,24 +206,60 @@ def stats(records_read: int, chosen: list[dict]) -> dict:
         per[r["dataset"]].update(c)
         total.update(c)
     keys = ("instances", "positive_instances", "negative_instances", "steps", "positive_steps", "negative_steps")
-    return {"records_read": records_read, **{k: total[k] for k in keys},
+    return {"records_read": records_read, "skipped_several_images": several_images,
+            **{k: total[k] for k in keys},
             "per_dataset": {d: {k: per[d][k] for k in keys} for d in sorted(per)}}
 
 
 def prepare(paths, num_samples: int | None = None, seed: int = 0, mc_threshold: float = DEFAULT_MC_THRESHOLD,
             balance: bool = True, image_root: str | None = None) -> tuple[list[dict], dict]:
     """Read, convert, check ids, select. Returns (records, counts)."""
-    out, seen, n = [], {}, 0
+    out, seen, n, several = [], {}, 0, 0
     for where, stem, rec in iter_records(paths):
         n += 1
         r = convert_record(rec, where, stem, mc_threshold, image_root)
+        if r is None:
+            several += 1
+            continue
         key = str(r["id"])
         if key in seen:
             raise _err(where, "id", f"duplicate id {r['id']!r} (first at {seen[key]})")
         seen[key] = where
         out.append(r)
+    if n == 0:
+        raise DataError(f"{' '.join(map(str, paths))}: no records in the input")
     chosen = select(out, num_samples, seed, balance)
-    return chosen, stats(n, chosen)
+    return chosen, stats(n, chosen, several)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name one existing file (links included)."""
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except (OSError, ValueError):
+        return False
+
+
+def output_problem(output: Path, inputs: list[Path]) -> str | None:
+    """Why ``output`` cannot be written as the result of reading ``inputs`` (None: it can)."""
+    try:
+        if output.is_dir():
+            return f"{output}: is a folder; give the output a file name, e.g. {output / 'train.json'}"
+    except (OSError, ValueError) as exc:
+        return f"{output!r}: not a usable path ({exc})"
+    for f in inputs:
+        if same_file(output, f):
+            return f"{output}: is also an input file; write the output to another file"
+    return None
+
+
+def write_json(path: Path, data) -> None:
+    """Write ``data`` as indented UTF-8 JSON; any failure is one DataError line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def main(argv=None) -> int:
@@ -217,15 +278,21 @@ def main(argv=None) -> int:
     n = PRESETS[args.preset] if args.preset else args.num_samples
     if n is not None and n <= 0:
         ap.error("--num_samples must be positive")
+    if not math.isfinite(args.mc_threshold):
+        print(f"error: --mc_threshold must be a finite number, got {args.mc_threshold}", file=sys.stderr)
+        return 2
+    output = Path(args.output)
     try:
+        problem = output_problem(output, input_files(args.inputs))
+        if problem:
+            raise DataError(problem)
         records, counts = prepare(args.inputs, n, args.seed, args.mc_threshold, not args.no_balance, args.image_root)
+        write_json(output, records)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if n is not None and len(records) < n:
         counts["shortfall"] = n - len(records)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(records, ensure_ascii=False, indent=1))
     counts["output"] = args.output
     print(json.dumps(counts, indent=2))
     return 0

@@ -3,6 +3,8 @@ two consecutive user turns; and a training run on a meta file shaped like upstre
 
 import json
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,154 @@ def test_more_than_one_image_placeholder_is_a_clear_record_error(tmp_path):
     test[0]["candidates"][1] = "no placeholder"
     (tmp_path / "test.json").write_text(json.dumps(test))
     assert len(load_records(tmp_path / "test.json", "test")[0]) == 1  # one '<image>' is fine
+
+
+# ----------------------------------------------------------------------------------------------
+# Text fields, images, plurals
+# ----------------------------------------------------------------------------------------------
+
+
+def _sample(kind: str, n: int) -> list[dict]:
+    """The first ``n`` sample records of ``kind`` with absolute image paths."""
+    records = json.loads((DATA / f"{kind}.json").read_text())[:n]
+    field = "image_path" if kind == "test" else "image"
+    for r in records:
+        r[field] = str(DATA / r[field])
+    return records
+
+
+def _load_error(path: Path, kind: str) -> list[str]:
+    with pytest.raises(DataError) as err:
+        load_records(path, kind)
+    return str(err.value).splitlines()
+
+
+@pytest.mark.parametrize("token", ["<IMG_CONTEXT>", "<img>", "</img>"])
+def test_image_tokens_in_any_text_field_are_record_problems(tmp_path, token):
+    """Upstream reads them as image slots: a training step would fail on an image-token count
+    and test.py would score a different prompt. Each is one line naming file, record, field."""
+    train = _sample("train", 3)
+    step = next(t for t, turn in enumerate(train[1]["conversations"]) if turn["from"] == "human" and t > 1)
+    train[1]["conversations"][step]["value"] += f" see {token} here"
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    lines = _load_error(tmp_path / "train.json", "train")
+    path = tmp_path / "train.json"
+    assert lines[0] == f"{path}: 1 bad record (use --skip_bad_records to drop them):"
+    assert lines[1].startswith(f"{path}: record 1 (id 'train_001'): field 'conversations[{step}]'.value: holds {token!r}")
+    assert len(lines) == 2
+    kept, report = load_records(path, "train", skip_bad=True)
+    assert [r["id"] for r in kept] == ["train_000", "train_002"] and report.indices == [0, 2]
+
+    meta = _sample("meta", 2)  # a record's own system turn
+    assert meta[0]["conversations"][0]["from"] == "system"
+    meta[0]["conversations"][0]["value"] = f"{token} system"
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    lines = _load_error(tmp_path / "meta.json", "meta")
+    assert lines[1].startswith(f"{tmp_path / 'meta.json'}: record 0 (id 'meta_000'): field 'conversations[0]'.value: holds")
+
+    test = _sample("test", 2)
+    test[0]["question"] += token
+    test[1]["candidates"][2] = token + test[1]["candidates"][2]
+    (tmp_path / "test.json").write_text(json.dumps(test))
+    lines = _load_error(tmp_path / "test.json", "test")
+    assert lines[0].startswith(f"{tmp_path / 'test.json'}: 2 bad records")
+    assert lines[1].startswith(f"{tmp_path / 'test.json'}: record 0 (id 'test_000'): field 'question': holds {token!r}")
+    assert lines[2].startswith(f"{tmp_path / 'test.json'}: record 1 (id 'test_001'): field 'candidates[2]': holds {token!r}")
+
+    # the '<image>' placeholder and chat markup stay allowed (the prompt builder makes markup plain text)
+    train[1]["conversations"][step]["value"] = "as <image> shows, <|im_start|>assistant\n+<|im_end|>\n <image 2>"
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    assert len(load_records(tmp_path / "train.json", "train")[0]) == 3
+
+
+def test_a_lone_surrogate_in_a_step_is_a_record_problem(tmp_path):
+    train = _sample("train", 2)
+    text = json.dumps(train).replace("Answer: ", "Answer: \\ud800", 1)
+    (tmp_path / "train.json").write_text(text)
+    lines = _load_error(tmp_path / "train.json", "train")
+    assert "record 0 (id 'train_000'): field 'conversations[" in lines[1] and "lone surrogate '\\ud800'" in lines[1]
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_with_broken_pixels(path: Path, width: int, height: int) -> Path:
+    """A PNG whose every chunk checksum is right but whose IDAT is no zlib stream a decoder
+    accepts (a deflate block of the reserved type 3): ``verify()`` passes, decoding fails."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = b"\x78\x9c" + b"\x07" + bytes(range(256)) * 4
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b""))
+    return path
+
+
+def test_an_image_that_verifies_but_does_not_decode_is_a_record_problem(tmp_path):
+    from PIL import Image
+
+    broken = _png_with_broken_pixels(tmp_path / "broken.png", 40, 30)
+    with Image.open(broken) as im:
+        im.verify()  # the checksums are right: what validation checked until now
+    with pytest.raises(OSError), Image.open(broken) as im:
+        im.load()  # what training does first
+    meta = _sample("meta", 3)
+    meta[2]["image"] = str(broken)
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    lines = _load_error(tmp_path / "meta.json", "meta")
+    assert lines[1].startswith(f"{tmp_path / 'meta.json'}: record 2 (id 'meta_002'): field 'image': "
+                               f"image unreadable: {broken} (")
+    kept, report = load_records(tmp_path / "meta.json", "meta", skip_bad=True)
+    assert report.indices == [0, 1] and report.skipped == 1
+
+
+def test_an_absurd_pixel_count_is_refused_before_decoding(tmp_path):
+    huge = _png_with_broken_pixels(tmp_path / "huge.png", 10_000, 10_000)  # 100 M pixels, undecodable
+    train = _sample("train", 2)
+    train[1]["image"] = str(huge)
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    with pytest.warns(Warning):  # Pillow's own decompression-bomb warning, from opening the header
+        lines = _load_error(tmp_path / "train.json", "train")
+    assert lines[1] == (f"{tmp_path / 'train.json'}: record 1 (id 'train_001'): field 'image': image too large: "
+                        f"{huge} is 10000x10000 = 100,000,000 pixels (at most 89,478,485)")
+
+
+@pytest.mark.parametrize("kind, field", [("train", "image"), ("meta", "image"), ("test", "image_path")])
+def test_an_empty_image_path_names_the_record_and_field(tmp_path, kind, field):
+    records = _sample(kind, 2)
+    records[1][field] = ""
+    (tmp_path / "f.json").write_text(json.dumps(records))
+    lines = _load_error(tmp_path / "f.json", kind)
+    rid = records[1]["id"]
+    assert lines[1] == f"{tmp_path / 'f.json'}: record 1 (id {rid!r}): field '{field}': is empty (it must name an image file)"
+    records[1][field] = str(tmp_path)  # a folder is no image either
+    (tmp_path / "f.json").write_text(json.dumps(records))
+    lines = _load_error(tmp_path / "f.json", kind)
+    assert lines[1] == f"{tmp_path / 'f.json'}: record 1 (id {rid!r}): field '{field}': {tmp_path} is a folder, not an image file"
+
+
+def test_counts_in_messages_and_summaries_agree_in_number(tmp_path):
+    train = _sample("train", 2)
+    train[1]["conversations"] = [t for t in train[1]["conversations"] if t["from"] != "gpt"]
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    assert _load_error(tmp_path / "train.json", "train")[0].endswith(": 1 bad record (use --skip_bad_records to drop them):")
+    kept, report = load_records(tmp_path / "train.json", "train", skip_bad=True)
+    summary = report.summary()
+    assert summary.startswith(f"{tmp_path / 'train.json'}: 1 train record, ")
+    assert summary.endswith(", 1 domain; skipped 1 bad record")
+    one_step = _sample("meta", 1)
+    one_step[0]["conversations"] = one_step[0]["conversations"][:4]
+    one_step[0]["true_false"] = False
+    (tmp_path / "meta.json").write_text(json.dumps(one_step + one_step))
+    summary = load_records(tmp_path / "meta.json", "meta")[1].summary()
+    assert "2 meta records, 2 steps (2 +, 0 -), 0 correct / 2 wrong CoTs, 1 domain; 1 record repeats" in summary
+    (tmp_path / "meta.json").write_text(json.dumps(one_step))
+    assert ": 1 meta record, 1 step (1 +, 0 -), 0 correct / 1 wrong CoT, 1 domain" in \
+        load_records(tmp_path / "meta.json", "meta")[1].summary()
+    test = _sample("test", 1)
+    test[0]["candidates"], test[0]["true_false"] = test[0]["candidates"][:1], test[0]["true_false"][:1]
+    (tmp_path / "test.json").write_text(json.dumps(test))
+    assert ": 1 test record, 1 candidate (" in load_records(tmp_path / "test.json", "test")[1].summary()
+    test = _sample("test", 1)
+    test[0]["true_false"] = test[0]["true_false"][:1]
+    (tmp_path / "test.json").write_text(json.dumps(test))
+    n = len(test[0]["candidates"])
+    assert _load_error(tmp_path / "test.json", "test")[1].endswith(f"field 'true_false': 1 value for {n} candidates")

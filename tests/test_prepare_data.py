@@ -277,3 +277,153 @@ def test_meta_malformed(qc, tmp_path, capsys, which, line, field):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {target}:{n}: {field}:"), err
     assert err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------ any input, any flag
+def _one_error_line(capsys, prefix: str) -> str:
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert captured.err.startswith(prefix) and captured.err.count("\n") == 1, captured.err
+    return captured.err
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_invalid_utf8_is_one_line_naming_file_and_line(tmp_path, capsys, suffix):
+    good = json.dumps(_vprm(1, [0.5]))
+    f = tmp_path / f"in{suffix}"
+    if suffix == ".jsonl":
+        f.write_bytes(good.encode() + b"\n" + good.encode() + b"\n" + b'{"question": "caf\xe9"}\n')
+    else:
+        f.write_bytes(b"[" + good.encode() + b",\n" + b'{"question": "caf\xe9"}]')
+    assert pv.main([str(f), "-o", str(tmp_path / "o.json")]) == 2
+    line = 3 if suffix == ".jsonl" else 2
+    _one_error_line(capsys, f"error: {f}:{line}: <utf-8>: invalid UTF-8 (byte 0xe9 at column 18)")
+    q = tmp_path / f"q{suffix}"
+    good = [json.dumps(r).encode() for r in QUESTIONS[:2]]
+    if suffix == ".jsonl":
+        q.write_bytes(good[0] + b"\n" + good[1] + b"\n" + b'{"question": "caf\xe9"}\n')
+    else:
+        q.write_bytes(b"[" + good[0] + b",\n" + b'{"question": "caf\xe9"}]')
+    c = tmp_path / "c.jsonl"
+    c.write_text("")
+    assert pm.main(["--questions", str(q), "--candidates", str(c), "--test_out", str(tmp_path / "t.json")]) == 2
+    _one_error_line(capsys, f"error: {q}:{line}: <utf-8>: invalid UTF-8")
+    assert not (tmp_path / "o.json").exists() and not (tmp_path / "t.json").exists()
+
+
+def test_a_byte_order_mark_is_read_and_a_lone_surrogate_is_refused(tmp_path, capsys):
+    f = tmp_path / "in.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + json.dumps(_vprm(1, [0.5])).encode() + b"\n")
+    assert pv.main([str(f), "-o", str(tmp_path / "o.json"), "--no_balance"]) == 0
+    capsys.readouterr()
+    f.write_text(json.dumps(_vprm(1, [0.5])) + "\n" + json.dumps(_vprm(2, [0.5])).replace("step 0", "\\udc80") + "\n")
+    assert pv.main([str(f), "-o", str(tmp_path / "o.json")]) == 2
+    _one_error_line(capsys, f"error: {f}:2: <json>: a string holds the lone surrogate \\udc80")
+
+
+def test_output_equal_to_an_input_is_refused_and_the_input_kept(vprm_dir, tmp_path, capsys):
+    f = vprm_dir / "geo.jsonl"
+    before = f.read_bytes()
+    for target in (f, vprm_dir / "." / "geo.jsonl"):
+        assert pv.main([str(vprm_dir), "-o", str(target)]) == 2
+        _one_error_line(capsys, f"error: {target}: is also an input file")
+    assert f.read_bytes() == before
+    q = tmp_path / "q.jsonl"
+    q.write_text(json.dumps(QUESTIONS[1]) + "\n")
+    c = tmp_path / "c.jsonl"
+    c.write_text(json.dumps({"id": 2, "candidate": "Answer: 12"}) + "\n")
+    for flags in (["--meta_out", str(q)], ["--test_out", str(c)]):
+        assert pm.main(["--questions", str(q), "--candidates", str(c), *flags]) == 2
+        _one_error_line(capsys, "error: ")
+    assert pm.main(["--questions", str(q), "--candidates", str(c), "--meta_out", str(tmp_path / "x.json"),
+                    "--test_out", str(tmp_path / "x.json")]) == 2
+    _one_error_line(capsys, f"error: {tmp_path / 'x.json'}: --meta_out and --test_out name the same file")
+    assert q.read_text() == json.dumps(QUESTIONS[1]) + "\n"
+
+
+def test_output_that_is_a_folder_or_unwritable_is_one_line(vprm_dir, tmp_path, capsys):
+    assert pv.main([str(vprm_dir), "-o", str(tmp_path)]) == 2
+    _one_error_line(capsys, f"error: {tmp_path}: is a folder; give the output a file name")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert pv.main([str(vprm_dir), "-o", str(blocker / "out.json")]) == 2
+    _one_error_line(capsys, f"error: {blocker / 'out.json'}: cannot write (")
+    q = tmp_path / "q.jsonl"
+    q.write_text(json.dumps(QUESTIONS[1]) + "\n")
+    c = tmp_path / "c.jsonl"
+    c.write_text(json.dumps({"id": 2, "candidate": "Answer: 12"}) + "\n")
+    assert pm.main(["--questions", str(q), "--candidates", str(c), "--meta_out", str(tmp_path)]) == 2
+    _one_error_line(capsys, f"error: {tmp_path}: --meta_out is a folder")
+    assert pm.main(["--questions", str(q), "--candidates", str(c), "--test_out", str(blocker / "t.json")]) == 2
+    _one_error_line(capsys, f"error: {blocker / 't.json'}: cannot write (")
+
+
+def test_records_with_several_images_are_skipped_and_counted(tmp_path, capsys):
+    f = tmp_path / "in.jsonl"
+    recs = [_vprm(1, [0.5]), _vprm(2, [0.0]), _vprm(3, [0.5], image=["a.png", "b.png"]),
+            _vprm(4, [0.0], image=["c.png"])]
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "o.json"
+    assert pv.main([str(f), "-o", str(out), "--no_balance"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["records_read"] == 4 and counts["skipped_several_images"] == 1 and counts["instances"] == 3
+    written = json.loads(out.read_text())
+    assert sorted(r["image"] for r in written) == ["Geo/1.png", "Geo/2.png", "c.png"]  # one-path lists kept
+
+    q = tmp_path / "q.jsonl"
+    several = [dict(QUESTIONS[1], id="two", image_2="imgs/2b.png"), dict(QUESTIONS[2], id="list", image=["x", "y"])]
+    q.write_text("".join(json.dumps(r) + "\n" for r in QUESTIONS[1:3] + several))
+    c = tmp_path / "c.jsonl"
+    c.write_text("".join(json.dumps({"id": i, "candidate": "Answer: 12"}) + "\n" for i in (2, "q3", "two", "list", "two")))
+    meta, test = tmp_path / "meta.json", tmp_path / "test.json"
+    assert pm.main(["--questions", str(q), "--candidates", str(c), "--meta_out", str(meta), "--test_out", str(test)]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["questions"] == 2 and counts["questions_skipped_several_images"] == 2
+    assert counts["candidates_of_skipped_questions"] == 3
+    assert [r["id"] for r in json.loads(test.read_text())] == [2, "q3"]
+    assert len(json.loads(meta.read_text())) == 2
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda d: [str(d / "empty")], "empty: a folder without .jsonl or .json files"),
+    (lambda d: [str(d / "deep.jsonl")], "deep.jsonl:1: <json>: nested too deeply"),
+    (lambda d: [str(d / "bigint.jsonl")], "bigint.jsonl:1: <json>: Exceeds the limit"),
+    (lambda d: [str(d / "hugescore.jsonl")], "hugescore.jsonl:1: steps_with_score[0].score: not a finite number"),
+    (lambda d: [str(d / "ok.jsonl"), "--mc_threshold", "nan"], "--mc_threshold must be a finite number"),
+])
+def test_visualprm_bad_input_is_one_line_never_a_traceback(tmp_path, capsys, make_args, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "deep.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    (tmp_path / "bigint.jsonl").write_text('{"id": ' + "9" * 5000 + "}\n")
+    big = _vprm(1, [0.5])
+    big["steps_with_score"][0]["score"] = 10 ** 400
+    (tmp_path / "hugescore.jsonl").write_text(json.dumps(big) + "\n")
+    (tmp_path / "ok.jsonl").write_text(json.dumps(_vprm(1, [0.5])) + "\n")
+    assert pv.main(make_args(tmp_path) + ["-o", str(tmp_path / "o.json")]) == 2
+    assert message in _one_error_line(capsys, "error: ")
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_meta_questions_given_as_a_folder_or_with_a_bad_options_literal(tmp_path, capsys):
+    c = tmp_path / "c.jsonl"
+    c.write_text("")
+    assert pm.main(["--questions", str(tmp_path), "--candidates", str(c), "--test_out", str(tmp_path / "t.json")]) == 2
+    _one_error_line(capsys, f"error: {tmp_path}: is a folder, not a .json or .jsonl file")
+    q = tmp_path / "q.jsonl"
+    q.write_text(json.dumps(dict(QUESTIONS[0], options="[" * 5000 + "]" * 5000)) + "\n")
+    assert pm.main(["--questions", str(q), "--candidates", str(c), "--test_out", str(tmp_path / "t.json")]) == 2
+    _one_error_line(capsys, f"error: {q}:1: options:")
+
+
+def test_scripts_report_bad_input_without_traceback_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"a": "\xff"}\n')
+    for script, args in (("prepare_visualprm.py", [str(bad), "-o", str(bad)]),
+                         ("prepare_meta_test.py", ["--questions", str(bad), "--candidates", str(bad),
+                                                   "--test_out", str(tmp_path / "t.json")])):
+        proc = subprocess.run([sys.executable, str(DATA / script), *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr

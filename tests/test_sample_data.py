@@ -127,3 +127,14 @@ def test_images_are_small_rgb_pngs():
             assert img.format == "PNG" and img.mode == "RGB"
             assert 40 <= min(img.size) and max(img.size) <= 120
             assert img.info == {}  # no text chunks, timestamps or other metadata
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file"])
+def test_an_output_that_cannot_be_a_folder_is_one_line(tmp_path, where):
+    blocker = tmp_path / "taken"
+    blocker.write_text("x")
+    out = blocker if where == "file" else blocker / "sub"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert str(out) in proc.stderr and blocker.read_text() == "x"

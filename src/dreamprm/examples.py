@@ -2,6 +2,10 @@
 
 Image decoding and tiling happen here, inside ``Dataset.__getitem__``, so they run in
 DataLoader workers when ``--num_workers`` > 0.
+
+``ExampleBuilder.sequence_length`` and ``drop_overlong`` know a record's token count before any
+model is loaded (the processor is enough): text tokens plus image tokens, the latter from the
+image's size and the tiling rule, without decoding pixels.
 """
 
 from __future__ import annotations
@@ -13,13 +17,23 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .data import resolve_image
-from .prompt import encode_conversation
+from .data import DataError, plural, record_label, resolve_image
+from .prompt import PromptError, candidate_conversation, encode_conversation, encoded_lengths
 
 
 def load_rgb(path) -> Image.Image:
     with Image.open(path) as im:
         return im.convert("RGB")
+
+
+@dataclass
+class _Length:
+    """A record's token count: the whole sequence, its image tokens, and (test records) which
+    candidate is the longest."""
+
+    total: int
+    image: int
+    candidate: int | None = None
 
 
 class ExampleBuilder:
@@ -30,6 +44,97 @@ class ExampleBuilder:
         self.image_processor = processor.image_processor
         self.tokens_per_tile = int(processor.image_seq_length)
         self.max_patch_num = int(max_patch_num)
+
+    def image_tokens(self, width: int, height: int) -> int:
+        """``<IMG_CONTEXT>`` tokens of a ``width`` x ``height`` image: tiles (thumbnail included)
+        by the image processor's own tiling rule, times tokens per tile; no pixel is decoded."""
+        kwargs = {"crop_to_patches": True, "min_patches": 1, "max_patches": self.max_patch_num}
+        count = getattr(self.image_processor, "get_number_of_image_patches", None)
+        if count is not None:
+            tiles = count(height, width, kwargs)
+        else:  # an image processor without the helper: InternVL's rule (images.py)
+            from .images import count_tiles
+
+            size = self.image_processor.size
+            tile = size["height"] if isinstance(size, dict) else size.height
+            tiles = count_tiles(width, height, self.max_patch_num, 1, tile) if self.max_patch_num > 1 else 1
+        return int(tiles) * self.tokens_per_tile
+
+    def sequence_length(self, record: dict, json_path, kind: str = "train", splitter: str = "upstream") -> int:
+        """Tokens the model reads for a validated record: text + image tokens, equal to
+        ``len(build(...)["input_ids"])``. For a test record (``kind="test"``) the longest of its
+        candidates, split with ``splitter`` as test.py splits them. Raises ``DataError`` (image
+        size unreadable) or ``PromptError``."""
+        result = self._lengths([record], json_path, kind, splitter)[0]
+        if isinstance(result, str):
+            raise DataError(result)
+        if isinstance(result, Exception):
+            raise result
+        return result.total
+
+    def sequence_lengths(self, records: list[dict], json_path, kind: str = "train",
+                         splitter: str = "upstream") -> list[int]:
+        """``sequence_length`` of every record, batched: fast enough for 100k records."""
+        out = []
+        for result in self._lengths(records, json_path, kind, splitter):
+            if isinstance(result, str):
+                raise DataError(result)
+            if isinstance(result, Exception):
+                raise result
+            out.append(result.total)
+        return out
+
+    def _lengths(self, records: list[dict], json_path, kind: str, splitter: str) -> list:
+        """Per record a ``_Length``, a problem text (the image's size cannot be read), or a
+        ``PromptError``."""
+        if kind not in ("train", "meta", "test"):
+            raise ValueError(f"kind must be 'train', 'meta' or 'test', got {kind!r}")
+        field = "image_path" if kind == "test" else "image"
+        sizes: dict[str, tuple[int, int] | str] = {}
+        image_counts: dict[tuple[int, int], int] = {}
+        conversations, n_images, owner = [], [], []  # owner: (record index, candidate index or None)
+        results: list = [None] * len(records)
+        if kind == "test":
+            from .steps import split_steps
+        for r, rec in enumerate(records):
+            value = rec[field]
+            if value not in sizes:
+                try:
+                    with Image.open(resolve_image(value, json_path)) as im:
+                        sizes[value] = im.size
+                except Exception as exc:  # PIL raises many types for unreadable files
+                    sizes[value] = f"field '{field}': cannot read the image's size ({type(exc).__name__}: {exc})"
+            size = sizes[value]
+            if isinstance(size, str):
+                results[r] = size
+                continue
+            if size not in image_counts:
+                image_counts[size] = self.image_tokens(*size)
+            n_img = image_counts[size]
+            if kind == "test":
+                scored = 0
+                for j, cand in enumerate(rec["candidates"]):
+                    steps = split_steps(cand, splitter)
+                    if steps:  # test.py scores no candidate without steps
+                        conversations.append(candidate_conversation(rec["question"], steps))
+                        n_images.append(n_img)
+                        owner.append((r, j))
+                        scored += 1
+                if not scored:
+                    results[r] = _Length(0, 0)
+            else:
+                conversations.append(rec["conversations"])
+                n_images.append(n_img)
+                owner.append((r, None))
+        lengths = encoded_lengths(self.tokenizer, conversations, n_images)
+        for (r, j), length, n_img in zip(owner, lengths, n_images):
+            if isinstance(results[r], (str, Exception)):
+                continue
+            if isinstance(length, PromptError):
+                results[r] = length
+            elif results[r] is None or length > results[r].total:
+                results[r] = _Length(length, n_img + 2, j)
+        return results
 
     def pixel_values(self, image: Image.Image) -> torch.Tensor:
         """(tiles, 3, T, T): InternVL dynamic tiling (+ thumbnail), normalised."""
@@ -53,6 +158,62 @@ class ExampleBuilder:
             "labels": torch.tensor(enc.labels, dtype=torch.float32),
             "pixel_values": pixel_values,
         }
+
+
+def drop_overlong(
+    records: list[dict],
+    json_path,
+    builder: ExampleBuilder,
+    max_length: int,
+    kind: str,
+    skip_bad: bool,
+    indices: list[int] | None = None,
+    splitter: str = "upstream",
+    max_errors: int = 20,
+) -> tuple[list[dict], list[str]]:
+    """Refuse (or, with ``skip_bad``, drop) records longer than ``max_length`` tokens.
+
+    Needs only the processor: run it before the model loads. ``indices`` are the records'
+    positions in the file (``LoadReport.indices``; default: their positions in ``records``), so
+    messages name the record as ``load_records`` does. Returns the kept records and one
+    ``FILE: record i (id ...): ...`` line per dropped record. Without ``skip_bad`` any over-long
+    record raises one ``DataError`` listing them (the same shape as ``load_records``' errors); a
+    record whose length cannot be computed (its image's size unreadable) counts as bad too.
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be at least 1, got {max_length}")
+    if indices is None:
+        indices = list(range(len(records)))
+    if len(indices) != len(records):
+        raise ValueError(f"{plural(len(indices), 'index', 'indices')} for {plural(len(records), 'record')}")
+    path = str(json_path)
+    kept, problems = [], []
+    for rec, index, result in zip(records, indices, builder._lengths(records, json_path, kind, splitter)):
+        where = f"{path}: {record_label(index, rec)}"
+        if isinstance(result, str):
+            problems.append(f"{where}: {result}")
+        elif isinstance(result, Exception):
+            problems.append(f"{where}: field '{'candidates' if kind == 'test' else 'conversations'}': {result}")
+        elif result.total > max_length:
+            what = "" if result.candidate is None else f"field 'candidates[{result.candidate}]' (the longest): "
+            problems.append(
+                f"{where}: {what}{result.total:,} tokens ({result.total - result.image:,} text + "
+                f"{result.image:,} image), longer than --max_length {max_length:,}"
+            )
+        else:
+            kept.append(rec)
+    if problems and not skip_bad:
+        shown = problems[:max_errors]
+        more = len(problems) - len(shown)
+        tail = f"\n... and {plural(more, 'more problem')}" if more > 0 else ""
+        raise DataError(
+            f"{path}: {plural(len(problems), 'bad record')} (use --skip_bad_records to drop them):\n"
+            + "\n".join(shown) + tail
+        )
+    if not kept and records:
+        raise DataError(f"{path}: no usable records (every record is longer than --max_length {max_length:,} "
+                        "or unreadable)")
+    return kept, problems
 
 
 class ConversationDataset(Dataset):

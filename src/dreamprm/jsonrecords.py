@@ -1,35 +1,127 @@
 """Reading records from .json (a list) or .jsonl (one object per line) files, with locations.
 
 Each record comes with ``"FILE:N"``: the line for .jsonl, the 1-based record index for .json.
-Malformed files raise ``error`` (the caller's own error class) naming the file and line.
+Every problem with a file raises ``error`` (the caller's own error class) as one line naming
+the file and, where it has one, the line: a missing file or a folder, an unreadable file,
+invalid UTF-8 (``FILE:LINE: <utf-8>: ...``), malformed JSON (``FILE:LINE: <json>: ...``), and a
+string holding a lone surrogate (a JSON ``\\udXXX`` escape that is not half of a pair: no UTF-8
+writer or tokenizer accepts it). A UTF-8 byte-order mark at the start of a file is allowed.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 from pathlib import Path
+
+# A JSON escape of a surrogate code point: only such an escape can put a lone surrogate in a
+# string (UTF-8 input cannot encode one), so records are searched only when a text holds it.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _utf8(raw: bytes, path: Path, first_line: int, error) -> str:
+    """``raw`` decoded, or ``error`` naming the line and column of the first invalid byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = first_line + raw.count(b"\n", 0, exc.start)
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise error(f"{path}:{line}: <utf-8>: invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column {column}); "
+                    "save the file as UTF-8") from None
+
+
+def _lone_surrogate(obj) -> str | None:
+    """The first lone surrogate in any string of ``obj`` (keys included), or None."""
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            if not x.isascii():
+                try:
+                    x.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    return x[exc.start]
+        elif isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return None
+
+
+def _parse(text: str, where: str, error):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{where}: <json>: {e.msg}") from None
+    except RecursionError:
+        raise error(f"{where}: <json>: nested too deeply") from None
+    except ValueError as e:  # e.g. an integer longer than Python's digit limit
+        raise error(f"{where}: <json>: {str(e).splitlines()[0]}") from None
+
+
+def _check_unicode(rec, where: str, error) -> None:
+    bad = _lone_surrogate(rec)
+    if bad is not None:
+        raise error(f"{where}: <json>: a string holds the lone surrogate \\u{ord(bad):04x}, "
+                    "which is not valid Unicode")
 
 
 def iter_file_records(path: Path, error: type[Exception] = ValueError):
     path = Path(path)
-    if not path.exists():
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except (OSError, ValueError) as exc:  # a NUL byte in the path, a name too long
+        raise error(f"{path!r}: not a usable path ({exc})") from None
+    if is_dir:
+        raise error(f"{path}: is a folder, not a .json or .jsonl file")
+    if not exists:
         raise error(f"{path}: no such file")
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text())
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+        if raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
+        text = _utf8(raw, path, 1, error)
+        try:
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise error(f"{path}:{e.lineno}: <json>: {e.msg}") from None
+        except RecursionError:
+            raise error(f"{path}: <json>: nested too deeply") from None
+        except ValueError as e:  # e.g. an integer longer than Python's digit limit
+            raise error(f"{path}: <json>: {str(e).splitlines()[0]}") from None
         if not isinstance(data, list):
             raise error(f"{path}:1: <json>: expected a list of records")
+        check = _SURROGATE_ESCAPE.search(text) is not None
         for i, rec in enumerate(data, 1):
+            if check:
+                _check_unicode(rec, f"{path}:{i}", error)
             yield f"{path}:{i}", rec
         return
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with fh:
+        n = 0
+        while True:
+            try:
+                raw = fh.readline()
+            except OSError as exc:
+                raise error(f"{path}:{n + 1}: cannot read ({exc.strerror or exc})") from None
+            if not raw:
+                break
+            n += 1
+            if n == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            line = _utf8(raw, path, n, error)
             if not line.strip():
                 continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise error(f"{path}:{n}: <json>: {e.msg}") from None
+            rec = _parse(line, f"{path}:{n}", error)
+            if "\\u" in line and _SURROGATE_ESCAPE.search(line):
+                _check_unicode(rec, f"{path}:{n}", error)
             yield f"{path}:{n}", rec
