@@ -2,6 +2,7 @@
 
 import json
 import math
+import random
 import runpy
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from dreamprm.bestofn import (
     agg_max,
     agg_mean,
     agg_min,
+    first_candidate,
     majority_index,
     oracle,
     pass_at_1,
@@ -95,8 +97,10 @@ def test_select_ties_go_to_the_later_candidate_as_upstream():
 
 # -- baselines ----------------------------------------------------------------------------
 def test_simple_baselines():
-    assert pass_at_1([False, True, True]) == 0.0
-    assert pass_at_1([True, False]) == 1.0
+    # pass@1: the expected accuracy of one random candidate (c/k), whatever the order
+    assert pass_at_1([False, True, True]) == 2 / 3
+    assert pass_at_1([True, False]) == 0.5
+    assert first_candidate([False, True, True]) == 0.0 and first_candidate([True, False]) == 1.0
     assert random_pick([True, False, False, True]) == 0.5
     assert random_pick([False, False, True]) == pytest.approx(1 / 3)
     assert oracle([False, False, True]) == 1.0
@@ -139,21 +143,24 @@ def test_summary_on_hand_made_questions():
     s = summarise([q1, q2], cands)
     assert s["n_questions"] == 2
     assert s["accuracy"] == {"mean": 0.5, "log_mean": 0.5, "max": 0.0, "min": 0.5, "log_odds": 0.5}  # q1: 2 is right too
-    assert s["pass@1"] == 0.5
-    assert s["random"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert s["pass@1"] == pytest.approx((2 / 3 + 1 / 2) / 2)  # c/k per question, averaged
+    assert s["first_candidate"] == 0.5
     assert s["oracle"] == 1.0
     assert s["self_consistency"] == 1.0
 
     curve = accuracy_vs_n([q1, q2], cands, draws=5, seed=3)
     assert curve["n"] == [1, 2, 3]
-    # at N = all candidates the subset is the full set: same numbers as the summary
+    # at N = all candidates the subset is the full set: same numbers as the summary, exactly
     for name in AGGREGATION_NAMES:
-        assert curve[name][-1] == pytest.approx(s["accuracy"][name])
+        assert curve[name][-1] == s["accuracy"][name]
     assert curve["oracle"][-1] == 1.0 and curve["self_consistency"][-1] == 1.0
-    assert curve["random"][-1] == pytest.approx(s["random"])
-    # with one candidate every method is a random pick: oracle == random for each draw
-    assert curve["oracle"][0] == pytest.approx(curve["random"][0])
-    assert accuracy_vs_n([q1, q2], cands, draws=5, seed=3) == curve  # seeded
+    # with one candidate every method is a random pick: pass@1, exactly
+    for name in (*AGGREGATION_NAMES, "random", "oracle", "self_consistency"):
+        assert curve[name][0] == s["pass@1"], name
+    assert curve["random"] == [s["pass@1"]] * 3
+    # q1 at N = 2 (q2 keeps both): max picks candidate 0 (wrong) from {0,1} and {0,2}, 2 from {1,2}
+    assert curve["max"][1] == pytest.approx((1 / 3 + 0.0) / 2)
+    assert curve["self_consistency_exact"] == [True, True, True]
 
 
 # -- scoring equals the naive path --------------------------------------------------------
@@ -381,24 +388,31 @@ def test_cli_report_shape(tmp_path, monkeypatch, capsys):
     assert rc == 0
     captured = capsys.readouterr()
     report = json.loads(out.read_text())
-    assert set(report) == {"summary", "questions"}
+    assert set(report) == {"partial", "summary", "questions"} and report["partial"] is False
     s = report["summary"]
-    assert set(s) == {"n_questions", "accuracy", "pass@1", "random", "oracle", "self_consistency", "scoring"}
+    assert set(s) == {"n_questions", "n_candidates", "accuracy", "pass@1", "first_candidate", "oracle",
+                      "self_consistency", "truncated_candidates", "unscorable_candidates", "nonfinite_candidates",
+                      "definitions", "scoring"}
     assert s["scoring"]["score_dtype"] == "float32" and s["scoring"]["step_splitter"] == "upstream"
+    assert s["scoring"]["max_length"] == 32768  # the tiny model's max_position_embeddings
     assert s["scoring"]["ties"].startswith("later")
     assert set(s["accuracy"]) == set(AGGREGATION_NAMES)
     assert s["n_questions"] == 3
-    for v in [*s["accuracy"].values(), s["pass@1"], s["random"], s["oracle"], s["self_consistency"]]:
+    for v in [*s["accuracy"].values(), s["pass@1"], s["first_candidate"], s["oracle"], s["self_consistency"]]:
         assert 0.0 <= v <= 1.0
-    assert s["pass@1"] == 1.0 and s["oracle"] == 1.0
-    assert s["random"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
+    assert s["first_candidate"] == 1.0 and s["oracle"] == 1.0
+    assert s["pass@1"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
+    assert s["truncated_candidates"] == s["unscorable_candidates"] == s["nonfinite_candidates"] == 0
     assert [q["id"] for q in report["questions"]] == ["q0", 1, "q2"]
     for q, rec in zip(report["questions"], json.loads(path.read_text())):
-        assert set(q) == {"id", "true_false", "step_scores", "scores", "selected"}
+        assert set(q) == {"id", "true_false", "step_scores", "n_steps", "truncated", "unscorable", "nonfinite",
+                          "scores", "selected"}
         assert q["true_false"] == rec["true_false"]
         n = len(rec["candidates"])
         assert len(q["step_scores"]) == n
         assert [len(ps) for ps in q["step_scores"]][:2] == [3, 2][: n]  # steps + answer step
+        assert q["n_steps"] == [len(ps) for ps in q["step_scores"]]
+        assert q["truncated"] == q["unscorable"] == q["nonfinite"] == []
         assert all(0.0 < p < 1.0 for ps in q["step_scores"] for p in ps)
         assert set(q["scores"]) == set(q["selected"]) == set(AGGREGATION_NAMES)
         for name in AGGREGATION_NAMES:
@@ -412,7 +426,7 @@ def test_cli_report_shape(tmp_path, monkeypatch, capsys):
 BAD_CASES = {
     "missing image": ({"image_path": "img/nope.png"}, "image not found"),
     "empty candidates": ({"candidates": [], "true_false": []}, "field 'candidates'"),
-    "length mismatch": ({"true_false": [True]}, "1 values for 3 candidates"),
+    "length mismatch": ({"true_false": [True]}, "1 value for 3 candidates"),
 }
 
 
@@ -552,3 +566,160 @@ def test_cli_on_ties_picks_what_upstreams_rule_picks(tmp_path, monkeypatch, caps
     # the cases really are ties: the later duplicate, and the last of four saturated scores
     assert picks["sharp", "dup"] == 2
     assert picks["saturated", "dup"] == 3 and picks["saturated", "mixed"] == 3
+
+
+# -- pass@1 and the accuracy-vs-N curve: one definition, exact -------------------------------
+def _random_question(rng, k):
+    """Scores with ties (a coarse grid), NaN, None and -inf, some candidates without an answer."""
+    pool = [0.1, 0.5, 0.5, 0.9, 0.9, -math.inf, float("nan"), None]
+    scores = {name: [rng.choice(pool) for _ in range(k)] for name in AGGREGATION_NAMES}
+    tf = [rng.random() < 0.5 for _ in range(k)]
+    answers = [rng.choice(["A", "a ", "B", "C", None]) for _ in range(k)]
+    cands = [f"[Reasoning]\nx\nAnswer: {a}" if a is not None else "[Reasoning]\nno answer" for a in answers]
+    q = {"id": "r", "true_false": tf, "scores": scores, "selected": {n: select(s) for n, s in scores.items()}}
+    return q, cands
+
+
+def test_selection_order_is_select_on_every_subset():
+    from dreamprm.bestofn import selection_order
+
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(300):
+        k = rng.randint(1, 7)
+        scores = _random_question(rng, k)[0]["scores"]["mean"]
+        order = selection_order(scores)
+        assert sorted(order) == list(range(k))
+        for _ in range(10):
+            subset = sorted(rng.sample(range(k), rng.randint(1, k)))  # original order kept
+            picked = subset[select([scores[i] for i in subset])]
+            assert picked == next(i for i in order if i in subset), (scores, subset)
+            checked += 1
+    assert checked == 3000
+    assert selection_order([0.3, float("nan"), 0.7, 0.7, None, -math.inf]) == [3, 2, 0, 5, 1, 4]
+
+
+def test_curve_is_the_exact_expectation_and_meets_the_summary():
+    """Every point equals the average over ALL subsets of size min(N, k) of what select() /
+    majority vote / any() gives; N = 1 is pass@1 and N = k the summary, both to the last bit."""
+    from fractions import Fraction
+    from itertools import combinations
+
+    from dreamprm.steps import extract_answer
+
+    rng = random.Random(3)
+    made = [_random_question(rng, k) for k in (1, 2, 3, 5, 6, 7, 7)]
+    questions, cands = [m[0] for m in made], [m[1] for m in made]
+    curve = accuracy_vs_n(questions, cands)
+    assert curve["n"] == list(range(1, 8)) and all(curve["self_consistency_exact"])
+    for n in curve["n"]:
+        want = dict.fromkeys((*AGGREGATION_NAMES, "random", "oracle", "self_consistency"), Fraction(0))
+        for q, c in made:
+            tf, k = q["true_false"], len(q["true_false"])
+            subsets = list(combinations(range(k), min(n, k)))
+            for name in AGGREGATION_NAMES:
+                want[name] += Fraction(sum(tf[s[select([q["scores"][name][i] for i in s])]] for s in subsets),
+                                       len(subsets))
+            want["random"] += Fraction(sum(tf), k)
+            want["oracle"] += Fraction(sum(any(tf[i] for i in s) for s in subsets), len(subsets))
+            want["self_consistency"] += Fraction(
+                sum(tf[s[majority_index([extract_answer(c[i]) for i in s])]] for s in subsets), len(subsets))
+        for name, value in want.items():
+            assert curve[name][n - 1] == pytest.approx(float(value / len(made)), abs=1e-12), (name, n)
+    s = summarise(questions, cands)
+    for name in (*AGGREGATION_NAMES, "random", "oracle", "self_consistency"):
+        assert curve[name][0] == s["pass@1"], name  # exactly, not approximately
+    for name in AGGREGATION_NAMES:
+        assert curve[name][-1] == s["accuracy"][name], name
+    assert curve["oracle"][-1] == s["oracle"] and curve["self_consistency"][-1] == s["self_consistency"]
+    assert s["pass@1"] == pytest.approx(sum(sum(q["true_false"]) / len(q["true_false"]) for q in questions) / 7)
+
+
+def test_self_consistency_samples_only_beyond_the_exact_limit():
+    rng = random.Random(5)
+    made = [_random_question(rng, 9) for _ in range(4)]
+    questions, cands = [m[0] for m in made], [m[1] for m in made]
+    exact = accuracy_vs_n(questions, cands)
+    sampled = accuracy_vs_n(questions, cands, draws=50, seed=1, exact_limit=36)  # C(9, N) > 36 for N = 3..6
+    assert sampled["self_consistency_exact"] == [True, True, False, False, False, False, True, True, True]
+    assert all(exact["self_consistency_exact"])
+    for n in (1, 2, 7, 8, 9):
+        assert sampled["self_consistency"][n - 1] == exact["self_consistency"][n - 1]
+    for n in (3, 4, 5, 6):
+        assert abs(sampled["self_consistency"][n - 1] - exact["self_consistency"][n - 1]) < 0.25
+    assert accuracy_vs_n(questions, cands, draws=50, seed=1, exact_limit=36) == sampled  # seeded
+    for name in AGGREGATION_NAMES:  # the PRM lines never sample
+        assert sampled[name] == exact[name]
+
+
+def _drawn_curve_figure(curve, names=AGGREGATION_NAMES):
+    from dreamprm.bestofn import curve_figure
+
+    fig = curve_figure(curve, names)
+    fig.tight_layout()
+    fig.canvas.draw()
+    return fig
+
+
+def test_figure_every_line_visible_and_readable_ticks():
+    import matplotlib.pyplot as plt
+
+    same = [0.5, 0.55, 0.6]
+    curve = {"n": [1, 2, 3], "mean": same, "log_mean": list(same), "log_odds": list(same),
+             "min": [0.5, 0.52, 0.58], "max": [0.5, 0.6, 0.7], "random": [0.5] * 3, "oracle": [0.5, 0.8, 0.9],
+             "self_consistency": [0.5, 0.5, 0.6], "self_consistency_exact": [True] * 3, "draws": 20, "seed": 0,
+             "exact_limit": 256}
+    fig = _drawn_curve_figure(curve)
+    ax = fig.axes[0]
+    prm = [l for l in ax.get_lines() if l.get_label().startswith("PRM ")]
+    assert len(prm) == 5
+    points = [frozenset(map(tuple, l.get_transform().transform(l.get_xydata()).round(1))) for l in prm]
+    for i in range(5):  # no line is hidden under another: their drawn points differ everywhere
+        for j in range(i):
+            assert not points[i] & points[j], (prm[i].get_label(), prm[j].get_label())
+    assert len({l.get_marker() for l in prm}) == 5  # and each its own marker
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "PRM log_mean (same as mean)" in labels and "PRM log_odds (same as mean)" in labels
+    assert "random pick (= pass@1)" in labels and "oracle (pass@N)" in labels
+    plt.close(fig)
+
+    # 64 candidates: integer ticks whose labels do not overlap
+    many = {k: (v * 22)[:64] if isinstance(v, list) else v for k, v in curve.items()}
+    many["n"] = list(range(1, 65))
+    fig = _drawn_curve_figure(many, ["mean"])
+    ax = fig.axes[0]
+    ticks = [t for t in ax.get_xticklabels() if t.get_text() and 0.5 <= t.get_position()[0] <= 64.5]
+    assert 5 <= len(ticks) <= 16 and all(float(t.get_text()).is_integer() for t in ticks)
+    boxes = [t.get_window_extent(renderer=fig.canvas.get_renderer()) for t in ticks]
+    assert all(not a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert "exact" in ax.get_title()
+    plt.close(fig)
+
+
+# -- --max_length: over-long candidates are truncated to the steps that fit -------------------
+def test_scorer_max_length_keeps_the_steps_that_fit(prm):
+    from dreamprm.prompt import candidate_conversation, encode_conversation
+
+    image = _image(60, 50, 4)
+    question = "What is drawn?"
+    lists = [["First a short step.", "Then a second one.", "A third step here.", "Answer: 3"],
+             ["Only one."], ["x" * 400 + " a first step far too long", "Answer: 1"]]
+    full = Scorer(prm, batch_size=2, max_length=None)
+    assert full.max_length == 32768  # the tiny model's max_position_embeddings
+    want = full.score_step_lists(image, question, lists)
+    n_img = full.prepare_image(image).shape[0] * full.builder.tokens_per_tile
+    lengths = [[len(encode_conversation(prm.processor.tokenizer, candidate_conversation(question, s[:j]), n_img)
+                    .input_ids) for j in range(1, len(s) + 1)] for s in lists]
+    limit = lengths[0][1] + 1  # two steps of candidate 0 fit, three do not; candidate 2's first does not
+    assert lengths[0][2] > limit >= lengths[1][0] and lengths[2][0] > limit
+    for prefix_cache in (True, False):
+        got = Scorer(prm, batch_size=2, max_length=limit, prefix_cache=prefix_cache).score_step_lists(
+            image, question, lists)
+        assert got.n_steps == [4, 1, 2]
+        assert [len(ps) for ps in got] == [2, 1, 0]
+        assert got.truncated == [0] and got.unscorable == [2]
+        _assert_close([got[0], got[1]], [want[0][:2], want[1]])  # the kept steps score as in the whole
+    q = question_result("t", [True, False, True], got, n_steps=got.n_steps)
+    assert q["truncated"] == [0] and q["unscorable"] == [2] and q["nonfinite"] == []
+    assert all(math.isnan(q["scores"][name][2]) for name in AGGREGATION_NAMES)
+    assert all(q["selected"][name] != 2 for name in AGGREGATION_NAMES)  # never selected

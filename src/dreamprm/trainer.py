@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, read_run_config,
                          read_trainer_state, save_checkpoint, verify_checkpoint)
-from .data import DataError, load_records
-from .examples import BatchStream, ConversationDataset, ExampleBuilder
+from .data import load_records, plural
+from .examples import BatchStream, ConversationDataset, ExampleBuilder, drop_overlong
 from .optim import make_optimizer, make_scheduler
 from .prm import ProcessRewardModel
 from .problems import IterationEngine, LowerProblem, UpperProblem, all_finite, problem_config
@@ -130,7 +130,7 @@ class Trainer:
         # Data first: a bad record is reported before the (slow) model load.
         train_records, report = load_records(args.train_json_file, "train", skip_bad=args.skip_bad_records)
         print(report.summary())
-        meta_records = None
+        meta_records = meta_report = None
         if self.bilevel:
             meta_records, meta_report = load_records(args.meta_json_file, "meta", skip_bad=args.skip_bad_records)
             print(meta_report.summary())
@@ -149,9 +149,9 @@ class Trainer:
         if args.compile:
             self.prm.compile_layers()
         builder = ExampleBuilder(self.prm.processor, args.max_patch_num)
-        train_records = self._drop_overlong(train_records, args.train_json_file, builder, "train")
+        train_records = self._drop_overlong(train_records, report, args.train_json_file, builder, "train")
         if meta_records is not None:
-            meta_records = self._drop_overlong(meta_records, args.meta_json_file, builder, "meta")
+            meta_records = self._drop_overlong(meta_records, meta_report, args.meta_json_file, builder, "meta")
         if self.resume_point is not None:
             train_records = self._match_checkpoint(train_records, meta_records)
 
@@ -207,22 +207,16 @@ class Trainer:
                               strategy=strategy, roll_back=a.rollback, logger_type=a.logger)
         return IterationEngine(problems, config, deps, self._on_iteration)
 
-    def _drop_overlong(self, records: list[dict], json_path, builder: ExampleBuilder, kind: str) -> list[dict]:
+    def _drop_overlong(self, records: list[dict], report, json_path, builder: ExampleBuilder, kind: str) -> list[dict]:
         """Records longer than --max_length (default: the model's context) are an error, or dropped."""
-        from . import examples
-
-        drop = getattr(examples, "drop_overlong", None)
-        if drop is None:
-            return records
         limit = self.args.max_length or context_length(self.prm.model)
-        kept, problems = drop(records, json_path, builder, limit, kind, self.args.skip_bad_records)
+        kept, problems = drop_overlong(records, json_path, builder, limit, kind, self.args.skip_bad_records,
+                                       indices=report.indices)
         for line in problems:
             print(f"warning: skipped {line}", file=sys.stderr)
         if problems:
-            print(f"skipped {len(problems)} {kind} record{'s' if len(problems) != 1 else ''} longer than "
-                  f"{limit} tokens; {len(kept)} left", file=sys.stderr)
-        if not kept:
-            raise DataError(f"{json_path}: no {kind} record fits in --max_length {limit}")
+            print(f"{json_path}: skipped {plural(len(problems), f'{kind} record')} longer than --max_length "
+                  f"{limit}; {len(kept)} left", file=sys.stderr)
         return kept
 
     def problems(self) -> list:
