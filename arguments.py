@@ -22,7 +22,7 @@ def test_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--test_json_file", default="./data/test.json",
                    help="test records: question, image_path, candidates, true_false (default: %(default)s)")
-    p.add_argument("--reward_model", default="./weights",
+    p.add_argument("--reward_model", default="./weights/table",
                    help="PRM to evaluate: a folder, 'tiny' (bundled tiny model) or a hub id (default: %(default)s)")
     p.add_argument("--output_file", default="./results/bestofn.json",
                    help="where the JSON report goes; its folder is created (default: %(default)s)")
@@ -81,7 +81,9 @@ def train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data and model paths")
     g.add_argument("--train_json_file", default="./data/train.json", help="training records (default: %(default)s)")
     g.add_argument("--meta_json_file", default="./data/meta.json", help="meta records with true_false (default: %(default)s)")
-    g.add_argument("--weights_path", default="./weights", help="output folder: model, weights, metrics, checkpoints (default: %(default)s)")
+    g.add_argument("--weights_path", default=None,
+                   help="output folder: model, weights, metrics, checkpoints, figures; one run per folder "
+                        "(default: ./weights/<mode>: coldstart, baseline, table, net or domain)")
     g.add_argument("--reward_model", default="OpenGVLab/InternVL3-1B-hf",
                    help="starting PRM: a folder, 'tiny', or a hub id in the native transformers format (default: %(default)s)")
 
@@ -202,6 +204,17 @@ def _finite(x) -> bool:
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise FlagError(message)
+
+
+def default_weights_path(args) -> str:
+    """Each mode writes to its own folder unless --weights_path says otherwise."""
+    if args.retrain:
+        mode = "coldstart"
+    elif args.baseline:
+        mode = "baseline"
+    else:
+        mode = args.reweighting
+    return f"./weights/{mode}"
 
 
 def check_train_args(args) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from arguments import FlagError, check_train_args, train_parser
+from arguments import FlagError, check_train_args, default_weights_path, train_parser
 
 
 def main(argv=None) -> int:
@@ -19,6 +19,8 @@ def main(argv=None) -> int:
     except FlagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.weights_path is None:
+        args.weights_path = default_weights_path(args)
     try:
         return _train(args)
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (loading data or the model)

@@ -124,3 +124,55 @@ def test_a_resume_into_another_runs_folder_is_one_line(tmp_path):
     done = _cli("train.py", *TRAIN, *data, "--reweighting", "domain", "--resume", cwd=tmp_path)
     _one_error_line(done, "belongs to a run of the Instance Table")
     assert json.loads((tmp_path / "w" / "train_args.json").read_text())["reweighting"] == "table"
+
+
+def test_bad_data_is_reported_before_the_model_loads(tmp_path):
+    """A bad record and a missing model: the data error comes first (no model time spent)."""
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"id": 1, "image": "", "conversations": []}]))
+    done = _cli("train.py", *TRAIN, "--weights_path", str(tmp_path / "w"), "--train_json_file", str(bad),
+                "--reward_model", str(tmp_path / "no_model"), cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: {bad}: 1 bad record"), done.stderr
+    assert "model" not in done.stderr
+
+
+def test_an_over_long_record_is_one_error_before_training(tmp_path):
+    records = json.loads((DATA / "train.json").read_text())
+    for r in records:
+        r["image"] = str(DATA / r["image"])
+    records[3]["conversations"][2]["value"] = "word " * 200_000  # a 1 MB step
+    long = tmp_path / "long.json"
+    long.write_text(json.dumps(records))
+    data = ["--train_json_file", str(long), "--meta_json_file", str(DATA / "meta.json")]
+    done = _cli("train.py", *TRAIN, *data, "--weights_path", str(tmp_path / "w"), cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "record 3 (id 'train_003'): " in done.stderr and "longer than --max_length 32,768" in done.stderr
+    assert not (tmp_path / "w" / "metrics.jsonl").exists()
+    skipped = _cli("train.py", *TRAIN, *data, "--weights_path", str(tmp_path / "w"), "--skip_bad_records",
+                   "--max_length", "4096", cwd=tmp_path)
+    assert skipped.returncode == 0, skipped.stderr
+    assert "skipped 1 train record longer than --max_length 4096; 47 left" in skipped.stderr
+
+
+def test_each_mode_writes_to_its_own_folder_with_its_figures(tmp_path):
+    data = ["--train_json_file", str(DATA / "train.json"), "--meta_json_file", str(DATA / "meta.json")]
+    assert _cli("train.py", *TRAIN, *data, "--retrain", "1", cwd=tmp_path).returncode == 0
+    assert _cli("train.py", *TRAIN, *data, "--reweighting", "domain", cwd=tmp_path).returncode == 0
+    for mode in ("coldstart", "domain"):
+        run = tmp_path / "weights" / mode
+        assert json.loads((run / "train_args.json").read_text())["weights_path"] == f"./weights/{mode}"
+        assert (run / "figs" / "losses.png").is_file()
+    assert (tmp_path / "weights" / "domain" / "figs" / "weights.png").is_file()
+    assert not (tmp_path / "figs").exists()
+
+
+def test_an_unwritable_figure_folder_only_warns(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    data = ["--train_json_file", str(DATA / "train.json"), "--meta_json_file", str(DATA / "meta.json")]
+    done = _cli("train.py", *TRAIN, *data, "--weights_path", str(tmp_path / "w"), "--figs_dir", str(a_file / "figs"),
+                cwd=tmp_path)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("warning: figures not written: ")
+    assert (tmp_path / "w" / "model.safetensors").is_file()

@@ -99,6 +99,8 @@ def model_signature(model: torch.nn.Module) -> str:
 
 class Trainer:
     def __init__(self, args):
+        if args.weights_path is None:
+            raise ValueError("Trainer needs args.weights_path (train.py fills in its per-mode default)")
         self.args = args
         self.out = Path(args.weights_path)
         self.bilevel = not (args.baseline or args.retrain)
