@@ -497,3 +497,21 @@ def test_split_steps_clean(text, expected):
 )
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
+
+
+def test_upstream_body_equals_the_regex_and_is_linear():
+    """The reasoning-body search returns exactly what upstream's regex does, and 1 MB of
+    repeated '[Reasoning]' without an answer (quadratic for the regex) takes milliseconds."""
+    import time
+
+    rng = random.Random(5)
+    atoms = ["[Reasoning]", "Answer:", "\n", "Answer", "[Reasoning", "x", " ", "1. ", ":"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(atoms) for _ in range(rng.randint(0, 12)))
+        found = steps_mod._UPSTREAM_BODY.search(text)
+        assert steps_mod._upstream_body(text) == (found.group(1) if found else None), repr(text)
+    big = "[Reasoning] x " * 80_000
+    start = time.perf_counter()
+    assert steps_mod._upstream_body(big) is None
+    assert split_steps(big + "\n", "upstream")
+    assert time.perf_counter() - start < 30  # the regex alone took more than 10 minutes

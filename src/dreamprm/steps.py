@@ -174,10 +174,30 @@ def split_reasoning_block(block: str) -> list[str]:
     return steps or [""]
 
 
+def _upstream_body(candidate: str) -> str | None:
+    """What ``_UPSTREAM_BODY.search(candidate).group(1)`` returns (None: no match), in linear time.
+
+    The regex retries from every ``[Reasoning]`` when no ``Answer:`` follows, which is quadratic
+    (1 MB of ``[Reasoning] x`` never finishes). But if no ``Answer:`` follows the first
+    ``[Reasoning]``, none follows a later one either, so the first one decides; the lazy body then
+    ends at the first ``Answer:``, one character earlier when a newline precedes it."""
+    start = candidate.find("[Reasoning]")
+    if start < 0:
+        return None
+    start += len("[Reasoning]")
+    end = candidate.find("Answer:", start)
+    if end < 0:
+        return None
+    if end - 1 >= start and candidate[end - 1] == "\n":
+        end -= 1
+    return candidate[start:end]
+
+
 def _split_upstream(candidate: str) -> list[str]:
     """The "upstream" splitter: rules 1 and 6 around :func:`split_reasoning_block`."""
-    found = _UPSTREAM_BODY.search(candidate)
-    body = found.group(1) if found else candidate
+    body = _upstream_body(candidate)
+    if body is None:
+        body = candidate
     found = _UPSTREAM_ANSWER.search(candidate)
     answer = found.group(1).strip() if found else ""
     steps = split_reasoning_block(body)
