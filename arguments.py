@@ -13,19 +13,39 @@ AGGREGATION_CHOICES = ("mean", "log_mean", "max", "min", "log_odds", "all")
 SCHEDULER_CHOICES = ("cosine_schedule_with_warmup", "step_lr", "step", "constant")
 
 
+TEST_EPILOG = """\
+baselines (question with k candidates, c of them correct):
+  pass@1            c/k averaged over questions: the expected accuracy of one candidate drawn
+                    at random (the same number as a random pick)
+  first candidate   accuracy of always taking candidate 0 (files are often ordered)
+  oracle            a question counts when any candidate is correct (pass@k)
+  self-consistency  majority vote over the candidates' normalised 'Answer:' texts
+
+accuracy-vs-N curve (figs/ beside --output_file): for N = 1..k, the expected accuracy when each
+question keeps a uniformly random subset of min(N, k) candidates; exact for every aggregation,
+random and oracle, so every curve starts at pass@1 at N = 1.
+
+exit status: 0 done, 1 out of memory, 2 bad input, 3 non-finite scores (--allow_nonfinite),
+130/143 interrupted (the questions scored so far are saved, marked "partial": true)
+"""
+
+
 def test_parser() -> argparse.ArgumentParser:
     """Flags of ``test.py``: score every candidate, aggregate, select, report accuracy."""
     p = argparse.ArgumentParser(
         prog="test.py",
         description="Best-of-N evaluation: score every candidate's steps with the PRM, aggregate, "
         "select the best candidate, and report accuracy against baselines.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=TEST_EPILOG,
     )
     p.add_argument("--test_json_file", default="./data/test.json",
                    help="test records: question, image_path, candidates, true_false (default: %(default)s)")
     p.add_argument("--reward_model", default="./weights/table",
                    help="PRM to evaluate: a folder, 'tiny' (bundled tiny model) or a hub id (default: %(default)s)")
     p.add_argument("--output_file", default="./results/bestofn.json",
-                   help="where the JSON report goes; its folder is created (default: %(default)s)")
+                   help="where the JSON report goes (strict JSON; its folder is created); refused before any "
+                        "work when it is a folder or cannot be written (default: %(default)s)")
     p.add_argument("--aggregation_function", default="all", choices=AGGREGATION_CHOICES,
                    help="aggregation(s) shown in the table and figure; the JSON always holds all five, "
                    "computed from a single scoring pass (default: %(default)s)")

@@ -1,4 +1,4 @@
-"""Best-of-N evaluation of a PRM: ``python test.py --reward_model ./weights``.
+"""Best-of-N evaluation of a PRM: ``python test.py --reward_model ./weights/table``.
 
 A thin CLI: the flags live in ``arguments.test_parser``, the work in ``dreamprm.bestofn.run``.
 Exit codes: 0 done; 1 out of memory while scoring; 2 bad input (a flag, an output path that
