@@ -10,15 +10,19 @@ setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	# setuptools >= 77 reads pyproject.toml's SPDX license string; the editable install below
+	# builds without isolation, with the venv's own setuptools (a new 3.11 venv has 65).
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=77"
 	$(PY) -m pip install --quiet -r requirements.txt
 	# betty-ml 0.2.1 declares Python<3.11 and pins old packages; it runs on 3.11 unchanged.
 	$(PY) -m pip install --quiet --no-deps --ignore-requires-python betty-ml==0.2.1
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# The scripts find .venv/bin/python themselves; PYTHON is set so that a PYTHON in the caller's
+# environment (the interpreter that made the venv) is not taken for the one that runs the demo.
 demo: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
+	PYTHON="$(CURDIR)/$(PY)" bash scripts/demo.sh
 
 test: setup
 	$(PY) -m pytest -q tests

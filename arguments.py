@@ -42,7 +42,7 @@ def test_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_json_file", default="./data/test.json",
                    help="test records: question, image_path, candidates, true_false (default: %(default)s)")
     p.add_argument("--reward_model", default="./weights/table",
-                   help="PRM to evaluate: a folder, 'tiny' (bundled tiny model) or a hub id (default: %(default)s)")
+                   help="PRM to evaluate: a folder or hub id (native layout, or InternVL's chat layout converted in memory), or 'tiny' (bundled tiny model) (default: %(default)s)")
     p.add_argument("--output_file", default="./results/bestofn.json",
                    help="where the JSON report goes (strict JSON; its folder is created); refused before any "
                         "work when it is a folder or cannot be written (default: %(default)s)")
@@ -105,7 +105,7 @@ def train_parser() -> argparse.ArgumentParser:
                    help="output folder: model, weights, metrics, checkpoints, figures; one run per folder "
                         "(default: ./weights/<mode>: coldstart, baseline, table, net or domain)")
     g.add_argument("--reward_model", default="OpenGVLab/InternVL3-1B-hf",
-                   help="starting PRM: a folder, 'tiny', or a hub id in the native transformers format (default: %(default)s)")
+                   help="starting PRM: a folder or hub id (native transformers layout, or InternVL's chat layout, converted in memory), or 'tiny' (default: %(default)s)")
 
     g = p.add_argument_group("bi-level optimization")
     g.add_argument("--iteration_num", type=int, default=100000, help="total (lower-level) iterations (default: %(default)s)")

@@ -124,7 +124,6 @@ def full_size(out: Path) -> None:
 
 def main() -> int:
     import argparse
-    import logging
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full_size", action="store_true", help="part 2 at full size, on the GPU")
@@ -133,8 +132,9 @@ def main() -> int:
 
     from dreamprm.prm import ProcessRewardModel
     from dreamprm.tiny import ensure_tiny
+    from dreamprm.trainer import quiet_libraries
 
-    logging.getLogger("betty").setLevel(logging.WARNING)
+    quiet_libraries()  # Betty logs an INFO line per problem and engine step (~100 here)
     print("1. InternVL3-1B-sized bf16 weights ~ N(0, 0.02), Gaussian direction: weights that change")
     for R in (0.01, 0.1, 1.0):
         print(f"   R = {R:<5g} {100 * moved_share(R):6.2f} %")

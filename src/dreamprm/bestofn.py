@@ -1019,6 +1019,9 @@ def run(args) -> int:
     """The ``test.py`` command; returns the exit code: 0 done, 1 out of memory, 2 bad input
     (flags, paths, data, model), 3 non-finite step scores, 130 / 143 interrupted by SIGINT /
     SIGTERM. A run stopped while scoring saves the questions scored so far (``"partial": true``)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the terminal is for the scoring bar (no per-load bars)
     with _sigterm_interrupts():
         try:
             return _run(args)
