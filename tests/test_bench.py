@@ -2,6 +2,8 @@
 benchmark is not first exercised on borrowed GPU time; its rows carry the results.json schema."""
 
 import json
+
+import pytest
 import os
 import subprocess
 import sys
@@ -18,6 +20,7 @@ def _bench(tmp_path, *args):
                            str(tmp_path / "b"), *args], capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_cpu_smoke_run_measures_every_kind_of_mode(tmp_path, tiny_dir):
     modes = ["sft", "table", "reference_table", "net+noac", "table+gc", "bon8", "reference_bon8"]
     done = _bench(tmp_path, "--iters", "2", "--warmup", "1", "--modes", ",".join(modes))
@@ -64,6 +67,7 @@ def test_results_plot_uses_the_newest_row_per_mode_and_names_a_missing_device(tm
     assert done.returncode != 0 and "TPU" in done.stderr
 
 
+@pytest.mark.slow
 def test_bon8_breakdown_cpu_smoke_run_reports_every_part(tmp_path, tiny_dir):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "bon8_breakdown.py"), "--device", "cpu", "--out",

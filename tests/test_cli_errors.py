@@ -103,6 +103,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[str, list[str], str]]:
     ]
 
 
+@pytest.mark.slow
 def test_bad_paths_files_and_models_are_one_line(tmp_path):
     import importlib.util
 
@@ -137,6 +138,7 @@ def test_bad_data_is_reported_before_the_model_loads(tmp_path):
     assert "model" not in done.stderr
 
 
+@pytest.mark.slow
 def test_an_over_long_record_is_one_error_before_training(tmp_path):
     records = json.loads((DATA / "train.json").read_text())
     for r in records:
@@ -155,6 +157,7 @@ def test_an_over_long_record_is_one_error_before_training(tmp_path):
     assert "skipped 1 train record longer than --max_length 4096; 47 left" in skipped.stderr
 
 
+@pytest.mark.slow
 def test_each_mode_writes_to_its_own_folder_with_its_figures(tmp_path):
     data = ["--train_json_file", str(DATA / "train.json"), "--meta_json_file", str(DATA / "meta.json")]
     assert _cli("train.py", *TRAIN, *data, "--retrain", "1", cwd=tmp_path).returncode == 0
