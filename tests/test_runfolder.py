@@ -204,11 +204,16 @@ def test_symlinks_in_the_folder_are_never_followed(tmp_path, tiny_dir):
     w = tmp_path / "w"
     w.mkdir()
     (w / ".export-tmp").symlink_to(outside, target_is_directory=True)
+    (w / ".export-mine").mkdir()  # a folder the project did not make, with a name like its own
+    (w / ".export-mine" / "keep.txt").write_text("keep")
+    (w / ".export-k3j2h1g0").mkdir()  # what a killed export leaves (tempfile's random suffix)
     (w / ".tmp-instance_weights.json-x").symlink_to(outside / "precious.txt")
     assert train.main(_argv(w, "--iteration_num", "2", "--save_every_iterations", "2")) == 0
     assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]
     assert (outside / "precious.txt").read_text() == "keep"
     assert (w / ".export-tmp").is_symlink()  # not ours to remove either
+    assert (w / ".export-mine" / "keep.txt").read_text() == "keep"
+    assert not (w / ".export-k3j2h1g0").exists()
 
     linked = tmp_path / "linked"
     linked.mkdir()
@@ -319,3 +324,8 @@ def test_a_second_sigterm_stops_at_once_with_143(tmp_path, tiny_dir):
     stop = _interrupt_at(tmp_path / "w", 2, "--iteration_num", "4", "--save_every_iterations", "4", signals=2)
     assert stop.exit_code == 128 + signal.SIGTERM
     assert "received again: stopped at once" in str(stop) and "no checkpoint was written" in str(stop)
+
+
+def test_checkpoints_are_written_every_1000_iterations_by_default():
+    """The public code saved every iteration (gigabytes per iteration at 1B parameters)."""
+    assert train_parser().parse_args([]).save_every_iterations == 1000

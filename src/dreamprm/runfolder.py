@@ -17,6 +17,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,7 +27,9 @@ LOCK_NAME = ".lock"
 # (those are listed in EXPORT_MANIFEST when they are written).
 RUN_FILES = ("instance_weights.json", "train_args.json", "metrics.jsonl")
 EXPORT_MANIFEST = "export_manifest.json"
-TEMP_PREFIXES = (".export-", ".tmp-")  # temporary names this project creates (with mkdtemp/mkstemp)
+# Temporary names this project creates (tempfile's 8-character random suffix included), so a
+# leftover of a killed run is recognised and nothing else is ever taken for one.
+TEMPORARY = re.compile(r"^\.(export|tmp-.+)-[a-z0-9_]{8}$")
 
 
 class RunFolderError(Exception):
@@ -108,7 +111,7 @@ class RunFolder:
             if not root.is_dir() or root.is_symlink():
                 continue
             for entry in root.iterdir():
-                if not entry.name.startswith(TEMP_PREFIXES) or entry.is_symlink():
+                if not TEMPORARY.match(entry.name) or entry.is_symlink():
                     continue
                 if entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
