@@ -329,3 +329,11 @@ def test_a_second_sigterm_stops_at_once_with_143(tmp_path, tiny_dir):
 def test_checkpoints_are_written_every_1000_iterations_by_default():
     """The public code saved every iteration (gigabytes per iteration at 1B parameters)."""
     assert train_parser().parse_args([]).save_every_iterations == 1000
+
+
+def test_a_symlinked_weights_path_is_the_users_choice_of_place(tmp_path, tiny_dir):
+    disk = tmp_path / "big_disk"
+    disk.mkdir()
+    (tmp_path / "w").symlink_to(disk, target_is_directory=True)
+    assert train.main(_argv(tmp_path / "w", "--iteration_num", "1")) == 0
+    assert (disk / "model.safetensors").is_file() and (disk / "checkpoints" / "iter-00000001").is_dir()

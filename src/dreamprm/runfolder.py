@@ -8,7 +8,8 @@ removes only the files this project writes there, never anything else.
 
 Every file is written through a temporary name created inside the folder (``O_EXCL``, so an
 existing file or symlink of that name is never followed) and renamed over its target: paths
-always resolve inside the folder and a kill mid-write never leaves a torn file.
+always resolve inside the folder and a kill mid-write never leaves a torn file. (The folder
+itself may be a symbolic link, e.g. to a larger disk: that is the user's choice of place.)
 """
 
 from __future__ import annotations
@@ -52,8 +53,6 @@ class RunFolder:
         p = self.path
         if p.exists() and not p.is_dir():
             raise RunFolderError(f"--weights_path {p} is a file, not a folder")
-        if p.is_symlink():
-            raise RunFolderError(f"--weights_path {p} is a symbolic link; pass the folder it points to")
         try:
             p.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -131,18 +130,6 @@ class RunFolder:
         for name in ("losses.png", "weights.png"):
             (self.path / "figs" / name).unlink(missing_ok=True)
         self.clean_temporaries()
-
-    # -- safe writes --------------------------------------------------------------------------
-    def ensure_inside(self, target: Path) -> Path:
-        """``target`` (a path under the folder) with no symlinked component between folder and file."""
-        target = Path(target)
-        rel = target.relative_to(self.path)
-        probe = self.path
-        for part in rel.parts[:-1]:
-            probe = probe / part
-            if probe.is_symlink():
-                raise RunFolderError(f"{probe} is a symbolic link; this run writes only inside {self.path}")
-        return target
 
 
 def exported_files(folder: Path) -> list[str]:
