@@ -320,3 +320,22 @@ def test_run_scripts_carry_their_settings_and_pass_extra_arguments_through(tmp_p
         assert [("meta_loss" in r) for r in rows] == [False] * 4 + [True]
         weights = json.loads((out / "instance_weights.json").read_text())
         assert sum(weights.values()) == pytest.approx(len(weights))  # normalised to mean 1
+
+
+def test_a_non_finite_meta_gradient_never_reaches_the_prm(tmp_path, tiny_dir):
+    """Betty's darts moves the PRM by R·v/|v| and back; with a NaN v that leaves NaN in the PRM.
+    finite_darts (the hypergradient the problems use) skips the step: the PRM is untouched and
+    the upper problem gets a NaN gradient, which its guard counts as a skipped update."""
+    from dreamprm.problems import finite_darts
+
+    trainer = Trainer(_args(tmp_path, "--iteration_num", "1", "--save_every_iterations", "1"))
+    trainer.run()  # one real iteration: the problems hold a current batch
+    assert trainer.lower.config.type == "finite_darts"
+    before = {k: v.detach().clone() for k, v in trainer.prm.state_dict().items()}
+    vector = [torch.full_like(p, float("nan")) for p in trainer.lower.trainable_parameters()]
+    grads = finite_darts(vector, trainer.lower, trainer.upper, sync=False)
+    assert all(torch.equal(before[k], v) for k, v in trainer.prm.state_dict().items())
+    assert all(torch.isnan(g).all() for g in grads)
+    finite = [torch.zeros_like(p) for p in trainer.lower.trainable_parameters()]
+    finite[0][..., 0] = 1.0
+    assert all(torch.isfinite(g).all() for g in finite_darts(finite, trainer.lower, trainer.upper, sync=False))
