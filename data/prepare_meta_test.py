@@ -68,12 +68,12 @@ from collections import Counter
 from pathlib import Path
 
 try:
-    from dreamprm.jsonrecords import iter_file_records
+    from dreamprm.jsonrecords import iter_file_records, same_file, write_json
     from dreamprm.prompt import SYSTEM_PROMPT
     from dreamprm.steps import SPLITTERS, extract_answer, split_steps
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from dreamprm.jsonrecords import iter_file_records
+    from dreamprm.jsonrecords import iter_file_records, same_file, write_json
     from dreamprm.prompt import SYSTEM_PROMPT
     from dreamprm.steps import SPLITTERS, extract_answer, split_steps
 
@@ -369,33 +369,17 @@ def output_problems(outputs: list[tuple[str, Path]], inputs: list[Path]) -> str 
         except (OSError, ValueError) as exc:
             return f"{out!r}: {flag} is not a usable path ({exc})"
         for f in inputs:
-            if _same_file(out, f):
+            if same_file(out, f):
                 return f"{out}: {flag} is also an input file; write it to another file"
     if len(outputs) == 2:
         (fa, a), (fb, b) = outputs
         try:
-            same = _same_file(a, b) or a.resolve() == b.resolve()
+            same = same_file(a, b) or a.resolve() == b.resolve()
         except (OSError, ValueError):
             same = str(a) == str(b)
         if same:
             return f"{a}: {fa} and {fb} name the same file"
     return None
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and a.samefile(b)
-    except (OSError, ValueError):
-        return False
-
-
-def write_json(path: Path, data) -> None:
-    """Write ``data`` as indented UTF-8 JSON; any failure is one DataError line."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def main(argv=None) -> int:
@@ -423,7 +407,7 @@ def main(argv=None) -> int:
         counts["questions_skipped_several_images"] = len(skipped)
         counts["candidates_of_skipped_questions"] = skip_counts["candidates_of_skipped_questions"]
         for flag, path in outputs:
-            write_json(path, meta if flag == "--meta_out" else test)
+            write_json(path, meta if flag == "--meta_out" else test, DataError)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -75,10 +75,10 @@ DEFAULT_MC_THRESHOLD = 0.0
 _IMAGE_TAG = re.compile(r"^\s*(<image>\s*)+")
 
 try:
-    from dreamprm.jsonrecords import iter_file_records
+    from dreamprm.jsonrecords import iter_file_records, same_file, write_json
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from dreamprm.jsonrecords import iter_file_records
+    from dreamprm.jsonrecords import iter_file_records, same_file, write_json
 
 
 class DataError(ValueError):
@@ -232,14 +232,6 @@ def prepare(paths, num_samples: int | None = None, seed: int = 0, mc_threshold: 
     return chosen, stats(n, chosen, several)
 
 
-def same_file(a: Path, b: Path) -> bool:
-    """True when ``a`` and ``b`` name one existing file (links included)."""
-    try:
-        return a.exists() and b.exists() and a.samefile(b)
-    except (OSError, ValueError):
-        return False
-
-
 def output_problem(output: Path, inputs: list[Path]) -> str | None:
     """Why ``output`` cannot be written as the result of reading ``inputs`` (None: it can)."""
     try:
@@ -251,15 +243,6 @@ def output_problem(output: Path, inputs: list[Path]) -> str | None:
         if same_file(output, f):
             return f"{output}: is also an input file; write the output to another file"
     return None
-
-
-def write_json(path: Path, data) -> None:
-    """Write ``data`` as indented UTF-8 JSON; any failure is one DataError line."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def main(argv=None) -> int:
@@ -287,7 +270,7 @@ def main(argv=None) -> int:
         if problem:
             raise DataError(problem)
         records, counts = prepare(args.inputs, n, args.seed, args.mc_threshold, not args.no_balance, args.image_root)
-        write_json(output, records)
+        write_json(output, records, DataError)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Reading records from .json (a list) or .jsonl (one object per line) files, with locations.
+"""Reading records from .json (a list) or .jsonl (one object per line) files, with locations,
+and writing a data script's JSON output.
 
 Each record comes with ``"FILE:N"``: the line for .jsonl, the 1-based record index for .json.
 Every problem with a file raises ``error`` (the caller's own error class) as one line naming
@@ -50,11 +51,14 @@ def _lone_surrogate(obj) -> str | None:
     return None
 
 
-def _parse(text: str, where: str, error):
+def _parse(text: str, path: Path, error, line: int | None = None):
+    """``text`` parsed; a problem names ``path`` and ``line`` (a .jsonl line) or, for a syntax
+    error in a whole .json file, the line the parser stopped at."""
+    where = f"{path}:{line}" if line is not None else f"{path}"
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise error(f"{where}: <json>: {e.msg}") from None
+        raise error(f"{path}:{line if line is not None else e.lineno}: <json>: {e.msg}") from None
     except RecursionError:
         raise error(f"{where}: <json>: nested too deeply") from None
     except ValueError as e:  # e.g. an integer longer than Python's digit limit
@@ -86,14 +90,7 @@ def iter_file_records(path: Path, error: type[Exception] = ValueError):
         if raw.startswith(codecs.BOM_UTF8):
             raw = raw[len(codecs.BOM_UTF8):]
         text = _utf8(raw, path, 1, error)
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise error(f"{path}:{e.lineno}: <json>: {e.msg}") from None
-        except RecursionError:
-            raise error(f"{path}: <json>: nested too deeply") from None
-        except ValueError as e:  # e.g. an integer longer than Python's digit limit
-            raise error(f"{path}: <json>: {str(e).splitlines()[0]}") from None
+        data = _parse(text, path, error)
         if not isinstance(data, list):
             raise error(f"{path}:1: <json>: expected a list of records")
         check = _SURROGATE_ESCAPE.search(text) is not None
@@ -121,7 +118,24 @@ def iter_file_records(path: Path, error: type[Exception] = ValueError):
             line = _utf8(raw, path, n, error)
             if not line.strip():
                 continue
-            rec = _parse(line, f"{path}:{n}", error)
+            rec = _parse(line, path, error, n)
             if "\\u" in line and _SURROGATE_ESCAPE.search(line):
                 _check_unicode(rec, f"{path}:{n}", error)
             yield f"{path}:{n}", rec
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name one existing file (links included)."""
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except (OSError, ValueError):
+        return False
+
+
+def write_json(path: Path, data, error: type[Exception] = ValueError) -> None:
+    """Write ``data`` as indented UTF-8 JSON, its folder created; any failure is one ``error`` line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{path}: cannot write ({exc.strerror or exc})") from None
