@@ -164,7 +164,7 @@ def test_a_killed_run_releases_its_lock(tmp_path):
         import sys, time
         sys.path.insert(0, {str(ROOT / 'src')!r})
         from dreamprm.runfolder import RunFolder
-        RunFolder({str(w)!r}).open()
+        held = RunFolder({str(w)!r}).open()
         print("locked", flush=True)
         time.sleep(60)
     """)
@@ -337,3 +337,15 @@ def test_a_symlinked_weights_path_is_the_users_choice_of_place(tmp_path, tiny_di
     (tmp_path / "w").symlink_to(disk, target_is_directory=True)
     assert train.main(_argv(tmp_path / "w", "--iteration_num", "1")) == 0
     assert (disk / "model.safetensors").is_file() and (disk / "checkpoints" / "iter-00000001").is_dir()
+
+
+def test_a_dropped_run_folder_releases_its_lock(tmp_path):
+    """A Trainer built but never run holds the folder only as long as it exists."""
+    import gc
+
+    held = RunFolder(tmp_path / "w").open()
+    with pytest.raises(RunFolderError, match="another run is using"):
+        RunFolder(tmp_path / "w").open()
+    del held
+    gc.collect()
+    RunFolder(tmp_path / "w").open().close()

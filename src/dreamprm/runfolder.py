@@ -21,7 +21,10 @@ import os
 import re
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
+
+from .checkpoint import checkpoint_dir, list_checkpoints
 
 LOCK_NAME = ".lock"
 # What a run writes at the top of its folder besides the exported model/processor files
@@ -46,7 +49,7 @@ class RunFolder:
 
     def __init__(self, path):
         self.path = Path(path)
-        self._lock_fd: int | None = None
+        self._release = None
 
     # -- checks, before any model loads -----------------------------------------------------
     def open(self) -> "RunFolder":
@@ -80,21 +83,18 @@ class RunFolder:
             raise RunFolderError(f"cannot lock --weights_path {self.path}: {exc.strerror or exc}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._lock_fd = fd
+        # Closing the descriptor releases the flock; a RunFolder dropped without close() (a
+        # Trainer that is never run) closes it when it is collected.
+        self._release = weakref.finalize(self, os.close, fd)
 
     def close(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
+        if self._release is not None:
+            self._release()
+            self._release = None
 
     # -- what is in the folder ----------------------------------------------------------------
-    def checkpoint_root(self) -> Path:
-        return self.path / "checkpoints"
-
     def previous_run(self) -> str | None:
         """A short description of another run's outputs in the folder, or None when there are none."""
-        from .checkpoint import list_checkpoints
-
         found = []
         ckpts = list_checkpoints(self.path)
         if ckpts:
@@ -106,7 +106,7 @@ class RunFolder:
 
     def clean_temporaries(self) -> None:
         """Remove temporary folders/files a killed run of this project left (real ones, never symlinks)."""
-        for root in (self.path, self.checkpoint_root()):
+        for root in (self.path, checkpoint_dir(self.path)):
             if not root.is_dir() or root.is_symlink():
                 continue
             for entry in root.iterdir():
@@ -119,8 +119,6 @@ class RunFolder:
 
     def remove_previous_run(self) -> None:
         """``--overwrite``: remove what an earlier run of this project wrote here, nothing else."""
-        from .checkpoint import list_checkpoints
-
         for ckpt in list_checkpoints(self.path):
             shutil.rmtree(ckpt)
         for name in RUN_FILES + tuple(exported_files(self.path)) + (EXPORT_MANIFEST,):

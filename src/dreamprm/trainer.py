@@ -242,11 +242,16 @@ class Trainer:
             "domains": list(self.train_set.domains),
             "meta_json_file": str(Path(a.meta_json_file).resolve()) if self.bilevel else None,
             "meta_size": self.meta_size,
-            "batch_size": a.batch_size,
-            "meta_batch_size": a.meta_batch_size if self.bilevel else None,
-            "hidden_dim": a.hidden_dim if self.bilevel and a.reweighting == "net" else None,
-            "optimizer": a.optimizer,
+            **self._sizes(),
         }
+
+    def _sizes(self) -> dict:
+        """The flags a checkpoint's optimizer state and data positions depend on."""
+        a = self.args
+        return {"batch_size": a.batch_size,
+                "meta_batch_size": a.meta_batch_size if self.bilevel else None,
+                "hidden_dim": a.hidden_dim if self.bilevel and a.reweighting == "net" else None,
+                "optimizer": a.optimizer}
 
     def _find_resume_point(self):
         """The newest complete checkpoint (verified, readable), falling back past damaged ones."""
@@ -289,11 +294,9 @@ class Trainer:
         if saved.get("model_signature") != model_signature(self.prm.model):
             raise ResumeMismatch(f"{where} holds a model of another architecture than --reward_model "
                                  f"{a.reward_model} (it was made from {saved.get('reward_model')})")
-        for key, flag in (("batch_size", "batch_size"), ("meta_batch_size", "meta_batch_size"),
-                          ("hidden_dim", "hidden_dim"), ("optimizer", "optimizer")):
-            current = self.run_config_value(key)
-            if saved.get(key) != current:
-                raise ResumeMismatch(f"{where} was made with --{flag} {saved.get(key)}, not {current}")
+        for flag, current in self._sizes().items():
+            if saved.get(flag) != current:
+                raise ResumeMismatch(f"{where} was made with --{flag} {saved.get(flag)}, not {current}")
         if self.bilevel and saved.get("meta_size") != len(meta_records):
             raise ResumeMismatch(f"{where} was made with {saved.get('meta_size')} meta records, "
                                  f"{a.meta_json_file} has {len(meta_records)}")
@@ -318,13 +321,6 @@ class Trainer:
             print(f"note: resuming with {a.train_json_file}; the checkpoint was made with "
                   f"{saved.get('train_json_file')} (same training ids)", file=sys.stderr)
         return train_records
-
-    def run_config_value(self, key: str):
-        a = self.args
-        return {"batch_size": a.batch_size,
-                "meta_batch_size": a.meta_batch_size if self.bilevel else None,
-                "hidden_dim": a.hidden_dim if self.bilevel and a.reweighting == "net" else None,
-                "optimizer": a.optimizer}[key]
 
     # -- state -----------------------------------------------------------------------------
     def trainer_state(self) -> dict:
@@ -505,10 +501,6 @@ class Trainer:
         finally:
             self.folder.close()
         return self.out
-
-    def close(self) -> None:
-        """Release --weights_path (``run`` does it itself; for a Trainer that is never run)."""
-        self.folder.close()
 
     def _trim_metrics(self, start: int) -> None:
         """Drop rows logged after the checkpoint resumed from (they are about to be redone)."""
