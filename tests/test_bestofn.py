@@ -15,15 +15,8 @@ from PIL import Image
 
 from dreamprm.bestofn import (
     AGGREGATION_NAMES,
-    EPS,
     Scorer,
     accuracy_vs_n,
-    aggregate,
-    agg_log_mean,
-    agg_log_odds,
-    agg_max,
-    agg_mean,
-    agg_min,
     first_candidate,
     majority_index,
     oracle,
@@ -38,37 +31,7 @@ from dreamprm.bestofn import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# -- aggregation and selection --------------------------------------------------------------
-def test_aggregations_exact():
-    ps = [0.5, 0.8, 0.2]
-    assert agg_mean(ps) == pytest.approx(0.5, abs=1e-12)
-    assert agg_log_mean(ps) == pytest.approx((math.log(0.5) + math.log(0.8) + math.log(0.2)) / 3, abs=1e-12)
-    assert agg_max(ps) == 0.8
-    assert agg_min(ps) == 0.2
-    # (log(1) + log(4) + log(1/4)) / 3 = 0: DreamPRM's mean step log-odds
-    assert agg_log_odds(ps) == pytest.approx(0.0, abs=1e-12)
-    assert agg_log_odds([0.9, 0.75]) == pytest.approx((math.log(9) + math.log(3)) / 2, abs=1e-12)
-    # clamping to [1e-6, 1 - 1e-6] for the logarithms
-    assert agg_log_odds([1.0]) == pytest.approx(math.log((1 - EPS) / EPS), abs=1e-9)
-    assert agg_log_odds([0.0]) == pytest.approx(math.log(EPS / (1 - EPS)), abs=1e-9)
-    assert agg_log_mean([0.0, 1.0]) == pytest.approx((math.log(EPS) + math.log(1 - EPS)) / 2, abs=1e-12)
-    # no steps: never preferred
-    for name in AGGREGATION_NAMES:
-        assert aggregate([[]], name) == [-math.inf]
-    assert aggregate([[0.2, 0.4], [1.0]], "mean") == pytest.approx([0.3, 1.0])
-
-
-def test_mean_in_bf16_is_torch_mean_of_the_bf16_step_scores():
-    """Upstream's score is torch.mean over bf16 probabilities, rounded to bf16: near 1 its
-    resolution is 2**-8, so close candidates tie."""
-    ps = [0.99609375, 1.0, 0.9921875]  # bf16 values
-    assert agg_mean(ps, torch.bfloat16) == float(torch.tensor(ps, dtype=torch.bfloat16).mean())
-    assert agg_mean(ps, torch.bfloat16) == 0.99609375  # 0.99609... exactly a bf16 step
-    assert agg_mean([1.0, 0.99609375], torch.bfloat16) == agg_mean([0.99609375, 1.0, 1.0, 0.99609375], torch.bfloat16)
-    assert aggregate([ps], "mean", torch.bfloat16) == [agg_mean(ps, torch.bfloat16)]
-    assert aggregate([ps], "max", torch.bfloat16) == [1.0]
-
-
+# -- selection -------------------------------------------------------------------------------
 def _upstream_select(scores):
     """The selection loop of upstream's utils.select_best_answer: max_score = 0; for each
     candidate in order, ``if score >= max_score`` it becomes the best."""

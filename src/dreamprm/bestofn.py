@@ -40,12 +40,11 @@ every non-finite number is written as ``null``.
 it: ``Scorer.prepare_image``) with the scoring of the previous one: a background thread prepares
 up to ``prefetch`` questions ahead (default 2; 0 = serial), with identical results and errors.
 
-Aggregation of a candidate's step scores p₁…pₙ (``AGGREGATIONS``):
+Aggregation of a candidate's step scores (``dreamprm.aggregation``, the function the meta loss
+trains with, so the report shows the values the meta loss sees): ``mean`` in the scoring dtype
+(upstream's score), ``log_mean`` (geometric mean), ``max``, ``min`` and ``log_odds`` (DreamPRM's
+sigmoid of the mean step log-odds) in float64; all in [0, 1].
 
-* ``mean``: Σp/n, in the scoring dtype (upstream's score);  ``max``/``min``: max/min p;
-* ``log_mean``: Σlog p/n;  ``log_odds`` (DreamPRM): Σ log(p/(1−p)) / n, both in float64 on the
-  step scores (upstream's test path has neither).
-* For ``log_mean`` and ``log_odds`` p is clamped to [1e-6, 1 − 1e-6] first (``EPS``).
 * A candidate with no step (empty text under the ``clean`` splitter) aggregates to −inf, so it is
   never selected unless no other candidate has a number; it is written as ``null`` in the JSON.
 * An unscorable candidate, or one with a non-finite step score, aggregates to NaN (``null``).
@@ -110,9 +109,10 @@ from itertools import combinations
 from pathlib import Path
 from typing import Callable, Sequence
 
-EPS = 1e-6
+from .aggregation import AGGREGATIONS, aggregate_lists
+
 SCORE_DTYPES = ("model", "fp32")
-AGGREGATION_NAMES = ("mean", "log_mean", "max", "min", "log_odds")
+AGGREGATION_NAMES = AGGREGATIONS
 BASELINE_NAMES = ("pass@1", "first_candidate", "oracle", "self_consistency")
 CURVE_BASELINES = ("random", "oracle", "self_consistency")
 EXACT_LIMIT = 256  # self-consistency: subsets enumerated per question and N before sampling instead
@@ -134,55 +134,12 @@ DEFINITIONS = {
 }
 
 
-# -- aggregation ------------------------------------------------------------------------------
-def _clamp(p: float) -> float:
-    return min(max(float(p), EPS), 1.0 - EPS)
-
-
-def agg_mean(ps: Sequence[float], dtype=None) -> float:
-    """Σp/n; with ``dtype`` (a torch dtype) as ``torch.mean`` computes it in that dtype."""
-    if not ps:
-        return -math.inf
-    if dtype is None:
-        return sum(ps) / len(ps)
+def aggregate(step_scores: Sequence[Sequence[float]], name: str, dtype=None) -> list[float]:
+    """One aggregate per candidate (``dreamprm.aggregation``, the meta loss's own function):
+    ``mean`` in the scoring ``dtype`` when one is given (upstream's score), the others in float64."""
     import torch
 
-    return float(torch.tensor(list(ps), dtype=dtype).mean())
-
-
-def agg_log_mean(ps: Sequence[float]) -> float:
-    return sum(math.log(_clamp(p)) for p in ps) / len(ps) if ps else -math.inf
-
-
-def agg_max(ps: Sequence[float]) -> float:
-    return float(max(ps)) if ps else -math.inf
-
-
-def agg_min(ps: Sequence[float]) -> float:
-    return float(min(ps)) if ps else -math.inf
-
-
-def agg_log_odds(ps: Sequence[float]) -> float:
-    if not ps:
-        return -math.inf
-    return sum(math.log(_clamp(p) / (1.0 - _clamp(p))) for p in ps) / len(ps)
-
-
-AGGREGATIONS: dict[str, Callable[[Sequence[float]], float]] = {
-    "mean": agg_mean,
-    "log_mean": agg_log_mean,
-    "max": agg_max,
-    "min": agg_min,
-    "log_odds": agg_log_odds,
-}
-
-
-def aggregate(step_scores: Sequence[Sequence[float]], name: str, dtype=None) -> list[float]:
-    """One aggregate per candidate; ``dtype`` is the scoring dtype, used by ``mean``."""
-    if name == "mean":
-        return [agg_mean(list(ps), dtype) for ps in step_scores]
-    fn = AGGREGATIONS[name]
-    return [fn(list(ps)) for ps in step_scores]
+    return aggregate_lists(step_scores, name, dtype if (name == "mean" and dtype is not None) else torch.float64)
 
 
 def _no_number(s) -> bool:

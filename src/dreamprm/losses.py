@@ -1,18 +1,11 @@
-"""Lower-level instance losses, step-score aggregation and the upper-level (meta) loss."""
+"""The two levels' losses: per-instance step losses (lower) and the meta loss (upper)."""
 
 from __future__ import annotations
 
 import torch
 
+from .aggregation import aggregate, mean_per_group
 from .prm import StepOutputs
-
-AGGREGATIONS = ("mean", "log_mean", "max", "min", "log_odds")
-EPS = 1e-6
-
-
-def per_instance_mean(values: torch.Tensor, batch_index: torch.Tensor, n: int) -> torch.Tensor:
-    sums = torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, batch_index, values)
-    return sums / torch.bincount(batch_index, minlength=n).clamp(min=1)
 
 
 def instance_losses(steps: StepOutputs, labels: torch.Tensor, n: int, kind: str = "ce") -> torch.Tensor:
@@ -28,29 +21,7 @@ def instance_losses(steps: StepOutputs, labels: torch.Tensor, n: int, kind: str 
         per_step = (steps.p_plus - labels) ** 2
     else:
         raise ValueError(f"unknown lower loss {kind!r}")
-    return per_instance_mean(per_step, steps.batch_index, n)
-
-
-def aggregate(p: torch.Tensor, batch_index: torch.Tensor, n: int, how: str) -> torch.Tensor:
-    """Aggregate step probabilities into one score in [0, 1] per CoT (differentiable).
-
-    ``log_mean`` is the geometric mean exp(mean log p), so the score stays a probability;
-    ``log_odds`` is DreamPRM's sigmoid(mean log(p / (1 - p))): its public code averages the
-    log-odds over the steps (the paper writes the sum; the code made its numbers).
-    """
-    if how == "mean":
-        return per_instance_mean(p, batch_index, n)
-    if how == "log_mean":
-        return per_instance_mean(p.clamp(EPS, 1).log(), batch_index, n).exp()
-    if how in ("max", "min"):
-        fill = -torch.inf if how == "max" else torch.inf
-        out = torch.full((n,), fill, dtype=p.dtype, device=p.device)
-        reduce = "amax" if how == "max" else "amin"
-        return out.scatter_reduce(0, batch_index, p, reduce=reduce, include_self=True)
-    if how == "log_odds":
-        q = p.clamp(EPS, 1 - EPS)
-        return torch.sigmoid(per_instance_mean((q / (1 - q)).log(), batch_index, n))
-    raise ValueError(f"unknown aggregation {how!r}; choose from {AGGREGATIONS}")
+    return mean_per_group(per_step, steps.batch_index, n)
 
 
 def meta_loss(steps: StepOutputs, correct: torch.Tensor, how: str = "mean", target: str = "both") -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .losses import per_instance_mean
+from .aggregation import mean_per_group
 from .prm import StepOutputs
 
 ACTIVATIONS = ("LeakyReLU", "ReLU", "No", "Clip", "sigmoid")
@@ -96,7 +96,7 @@ class InstanceNet(nn.Module):
         if self.detach_input:
             pair = pair.detach()
         per_step = self.mlp(pair.softmax(-1).to(self.mlp[0].weight.dtype)).squeeze(-1)
-        return activate(per_instance_mean(per_step, steps.batch_index, index.shape[0]), self.activation)
+        return activate(mean_per_group(per_step, steps.batch_index, index.shape[0]), self.activation)
 
 
 # What --activation_function / --initialization mean when not given, per weight model: the
