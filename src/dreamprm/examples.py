@@ -49,15 +49,7 @@ class ExampleBuilder:
         """``<IMG_CONTEXT>`` tokens of a ``width`` x ``height`` image: tiles (thumbnail included)
         by the image processor's own tiling rule, times tokens per tile; no pixel is decoded."""
         kwargs = {"crop_to_patches": True, "min_patches": 1, "max_patches": self.max_patch_num}
-        count = getattr(self.image_processor, "get_number_of_image_patches", None)
-        if count is not None:
-            tiles = count(height, width, kwargs)
-        else:  # an image processor without the helper: InternVL's rule (images.py)
-            from .images import count_tiles
-
-            size = self.image_processor.size
-            tile = size["height"] if isinstance(size, dict) else size.height
-            tiles = count_tiles(width, height, self.max_patch_num, 1, tile) if self.max_patch_num > 1 else 1
+        tiles = self.image_processor.get_number_of_image_patches(height, width, kwargs)
         return int(tiles) * self.tokens_per_tile
 
     def sequence_length(self, record: dict, json_path, kind: str = "train", splitter: str = "upstream") -> int:

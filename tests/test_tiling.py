@@ -1,6 +1,6 @@
-"""Tiling arithmetic: hand-worked grids, agreement with transformers' GotOcr2 processor, loading.
+"""Image tiling: the processor the project feeds InternVL with tiles as InternVL's own rule says.
 
-Our ``find_grid`` is the reference rule (InternVL's ``dynamic_preprocess``: the grid with the
+``find_grid`` below is the reference rule (InternVL's ``dynamic_preprocess``: the grid with the
 closest aspect ratio, ties to the larger grid when the image covers more than half of its area);
 transformers agrees with it everywhere in the sweeps below (min_tiles 1..max_tiles included).
 
@@ -9,7 +9,7 @@ InternVL iterates a Python ``set`` (CPython hash order, e.g. (4,1) before (1,4) 
 while we and transformers go by increasing cols. This only matters when ``min_tiles > 1``
 and the image ratio is an exact midpoint, e.g. 40x16 with min=max=4: InternVL's code keeps
 (4,1), we and transformers keep (2,2). The project always uses min_tiles=1, where the order
-provably cannot matter (see images.py).
+provably cannot matter (see the note above ``find_grid``).
 """
 
 import itertools
@@ -22,7 +22,45 @@ from transformers.models.got_ocr2.image_processing_got_ocr2 import (
     get_optimal_tiled_canvas,
 )
 
-from dreamprm.images import ImageError, count_tiles, find_grid, load_image
+from dreamprm.examples import ExampleBuilder
+
+
+# The oracle: InternVL's tiling rule written out. Among grids (cols i, rows j) with
+# min_tiles <= i*j <= max_tiles, visited in increasing i*j (then increasing i), keep the one whose
+# ratio i/j is closest to width/height; on an exact tie a later grid replaces the kept one only
+# when the image area exceeds half the grid's area (0.5 * tile_size**2 * i * j). A thumbnail
+# is added when there is more than one tile. Inside one i*j the order cannot matter when
+# min_tiles == 1: between two such grids (a, b) and (c, d) (a < c) lies (a, d), strictly closer
+# to their midpoint.
+def find_grid(
+    width: int, height: int, max_tiles: int, min_tiles: int = 1, tile_size: int = 448
+) -> tuple[int, int]:
+    """Return the tiling grid ``(cols, rows)`` for a ``width`` x ``height`` image."""
+    grids = sorted(
+        ((i, j) for i in range(1, max_tiles + 1) for j in range(1, max_tiles + 1)
+         if min_tiles <= i * j <= max_tiles),
+        key=lambda g: (g[0] * g[1], g[0]),
+    )
+    ratio = width / height
+    area = width * height
+    best, best_diff = (1, 1), float("inf")
+    for i, j in grids:
+        diff = abs(ratio - i / j)
+        if diff < best_diff:
+            best, best_diff = (i, j), diff
+        elif diff == best_diff and area > 0.5 * tile_size * tile_size * i * j:
+            best = (i, j)
+    return best
+
+
+def count_tiles(
+    width: int, height: int, max_tiles: int, min_tiles: int = 1, tile_size: int = 448
+) -> int:
+    """Number of tiles fed to the vision encoder, thumbnail included."""
+    cols, rows = find_grid(width, height, max_tiles, min_tiles, tile_size)
+    n = cols * rows
+    return n + 1 if n > 1 else n
+
 
 # (width, height, max_tiles, min_tiles) -> (cols, rows), worked out by hand from the rule.
 HAND = [
@@ -68,13 +106,6 @@ def test_count_tiles_adds_thumbnail_only_for_several_tiles():
     assert count_tiles(100, 4000, 12) == 13
     assert count_tiles(800, 600, 6) == 7
     assert count_tiles(4000, 100, 1) == 1
-
-
-def test_find_grid_rejects_bad_arguments():
-    with pytest.raises(ValueError):
-        find_grid(0, 10, 6)
-    with pytest.raises(ValueError):
-        find_grid(10, 10, 2, min_tiles=3)
 
 
 SIDES = [1, 10, 28, 100, 224, 300, 447, 448, 449, 500, 640, 896, 1000, 1344, 1792, 4000]
@@ -137,31 +168,12 @@ def test_real_processor_cuts_row_major_with_thumbnail_last():
     assert torch.allclose(thumb[:, 24, 24], torch.tensor([1.0, 1.0, 0.0]), atol=0.02)
 
 
-def test_load_image_returns_rgb(tmp_path):
-    path = tmp_path / "grey.png"
-    Image.new("L", (7, 5), 128).save(path)
-    img = load_image(path)
-    assert img.mode == "RGB" and img.size == (7, 5)
-    assert load_image(str(path)).getpixel((0, 0)) == (128, 128, 128)
-
-
-def test_load_image_missing_names_path(tmp_path):
-    path = tmp_path / "nope" / "missing.png"
-    with pytest.raises(ImageError, match="missing.png") as info:
-        load_image(path)
-    assert str(path) in str(info.value)
-    assert isinstance(info.value, ValueError)
-
-
-def test_load_image_unreadable_names_path(tmp_path):
-    path = tmp_path / "broken.png"
-    path.write_bytes(b"not a png at all")
-    with pytest.raises(ImageError) as info:
-        load_image(path)
-    assert str(path) in str(info.value)
-
-
-def test_load_image_directory_names_path(tmp_path):
-    with pytest.raises(ImageError) as info:
-        load_image(tmp_path)
-    assert str(tmp_path) in str(info.value)
+@pytest.mark.parametrize("max_tiles", [1, 6, 12])
+def test_image_token_count_is_tiles_times_tokens_per_tile(tiny_prm, max_tiles):
+    """What drop_overlong and the scorer count without decoding pixels: the image tokens a record
+    of this size gets, tiles by InternVL's rule times the model's tokens per tile."""
+    builder = ExampleBuilder(tiny_prm.processor, max_tiles)
+    tile = tiny_prm.processor.image_processor.size["height"]
+    for w, h in [(tile, tile), (1000, 500), (100, 4000), (1792, 896), (800, 600), (5 * tile, 2 * tile)]:
+        want = count_tiles(w, h, max_tiles, tile_size=tile) * tiny_prm.tokens_per_tile
+        assert builder.image_tokens(w, h) == want
