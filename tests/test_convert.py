@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from transformers import AutoProcessor, InternVLConfig, InternVLForConditionalGeneration
 
 from dreamprm.convert import (
     KEY_RULES,
@@ -18,23 +19,14 @@ from dreamprm.convert import (
     main,
     native_key_to_chat,
 )
-
-pytest.importorskip("transformers")
-from transformers import AutoProcessor, InternVLConfig, InternVLForConditionalGeneration  # noqa: E402
+from dreamprm.tiny import build_tiny
 
 
 @pytest.fixture(scope="module")
 def native_dir(tmp_path_factory):
-    """The bundled tiny native model (dreamprm.tiny), else a tiny one built here."""
+    """A fresh copy of the bundled tiny native model."""
     path = tmp_path_factory.mktemp("native") / "tiny"
-    try:
-        from dreamprm.tiny import build_tiny
-    except ImportError:
-        build_tiny = None
-    if build_tiny is not None:
-        build_tiny(path)
-    else:  # pragma: no cover - fallback while tiny.py does not exist
-        pytest.skip("dreamprm.tiny not available")
+    build_tiny(path)
     return path
 
 

@@ -550,7 +550,7 @@ def _chat_checkpoint(src: Path, tdtype=None):
 
 def _native_processor(chat: dict, tok, config):
     """The ``InternVLProcessor`` of a chat checkpoint: its tokenizer, InternVL's tiling and normalisation."""
-    from transformers import GotOcr2ImageProcessor, InternVLProcessor
+    from transformers import GotOcr2ImageProcessor, InternVLProcessor, InternVLVideoProcessor
 
     image_size = _as_int(config.vision_config.image_size)
     image_processor = GotOcr2ImageProcessor(
@@ -560,16 +560,10 @@ def _native_processor(chat: dict, tok, config):
     )
     if not getattr(tok, "chat_template", None):
         tok.chat_template = CHAT_TEMPLATE
-    kwargs = {}
-    try:
-        from transformers import InternVLVideoProcessor
-
-        kwargs["video_processor"] = InternVLVideoProcessor(
-            size={"height": image_size, "width": image_size}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
-    except ImportError:  # older transformers: the processor builds without one
-        pass
-    return InternVLProcessor(image_processor=image_processor, tokenizer=tok,
-                             image_seq_length=config.image_seq_length, chat_template=CHAT_TEMPLATE, **kwargs)
+    video_processor = InternVLVideoProcessor(
+        size={"height": image_size, "width": image_size}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    return InternVLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
+                             image_seq_length=config.image_seq_length, chat_template=CHAT_TEMPLATE)
 
 
 def _require_chat(src: Path) -> None:
