@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-fast clean
 
 setup: $(STAMP)
 
@@ -24,8 +24,13 @@ $(STAMP): requirements.txt pyproject.toml
 demo: setup
 	PYTHON="$(CURDIR)/$(PY)" bash scripts/demo.sh
 
+# The full suite (what CI runs).
 test: setup
 	$(PY) -m pytest -q tests
+
+# The edit loop: everything but the tests marked slow (training runs, subprocesses, long sweeps).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) .cache weights_demo
