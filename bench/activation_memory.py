@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # bench.py, reference.py by bare name; the root's arguments.py
 
 
 class SavedBytes:
@@ -89,12 +88,14 @@ def live_during_iteration(graph_free: bool) -> tuple[float, float]:
 
     from bench import benchmark_trainer, build_data
     from dreamprm.tiny import ensure_tiny
+    from reference import make_reference
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"  # the benchmark's records: every instance has the same shape
         build_data(data, AutoTokenizer.from_pretrained(ensure_tiny()))
         trainer = benchmark_trainer("cpu", "tiny", data, Path(tmp) / "w", "table", 2)
-        trainer.lower.graph_free_perturbation = graph_free  # only the darts passes differ
+        if not graph_free:  # only the darts passes differ: the PRM stays the production one
+            make_reference(trainer.lower)
         counter, per_forward = SavedBytes(), []
         trainer.prm.register_forward_pre_hook(lambda *_: per_forward.append(counter.total))
         trainer.prm.register_forward_hook(lambda *_: per_forward.append(counter.total - per_forward.pop()))

@@ -4,10 +4,17 @@ A random-init full-size InternVL3-1B (938 M parameters, built from its config; n
 (ids only need to exist) is saved once and loaded by the same ``from_pretrained`` path a real
 checkpoint takes. Synthetic data: 7 tiles (6 + thumbnail), 8 steps of ~60 tokens; best-of-8
 questions at 13 tiles. Every mode runs in this process, one after the other, with the
-reference-equivalent modes (full-vocabulary logits and softmax at every position, one full
-forward per candidate, sdpa) beside ours so the ratios are measured side by side.
+reference-equivalent modes (``reference.py``: full-vocabulary logits and softmax at every
+position, darts passes that record an autograd graph, one full forward per candidate) beside
+ours so the ratios are measured side by side.
 
-    python bench/bench.py --out bench_out [--results bench/results.json] [--iters 12] [--modes ...]
+    python bench/bench.py [--out bench/runs/<date>-<gpu>] [--work DIR] [--iters 12] [--modes ...]
+
+The run folder (``--out``, by default ``bench/runs/<date>-<gpu>/``, e.g. ``bench/runs/2026-11-22-h100``)
+receives ``results.json`` (a row per mode, appended as each is measured, so a run cut short keeps
+what it measured), ``bench_log.txt`` (this process's output, appended, no progress bars) and, once
+both best-of-8 modes ran, ``numerics.json``. Models, data and training outputs go to the scratch
+folder ``--work``. ``python bench/plot_results.py <run folder>`` draws the run's figure.
 
 A mode is ``<sft|table|net|bon8>`` or its ``reference_`` twin, plus options joined with ``+``:
 ``gc`` (``--gradient_checkpointing``), ``noac`` (``--no_autocast``), ``compile`` (``--compile``),
@@ -22,19 +29,32 @@ import datetime as dt
 import gc
 import json
 import multiprocessing
+import os
 import shutil
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from pathlib import Path
 
-import torch
-from PIL import Image
+# No progress bars in captured logs (transformers' loading/saving bars, tqdm anywhere); set
+# before transformers is imported, which reads the first one once.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORK = Path(tempfile.gettempdir()) / "dreamprm-bench"  # scratch: the full-size model (~2 GB), data, training runs
+# HERE before ROOT: the scripts import each other by bare name (`bench` is this file, not the package)
+sys.path[:0] = [str(HERE), str(ROOT)]
+
+from reference import ReferenceProcessRewardModel, make_reference  # noqa: E402
+from runfiles import RUNS, LogTee, append_rows, gpu_slug  # noqa: E402
 
 PEAK_FLOPS = 989e12  # H100 SXM dense bf16
 FWD_FLOPS = 8.3e12  # analytic count: one forward at 7 tiles / 2,630 tokens (vision 5.1 + text 3.2)
@@ -131,13 +151,22 @@ def build_data(folder: Path, tok) -> None:
 OPTION_FLAGS = {"gc": "--gradient_checkpointing", "noac": "--no_autocast", "compile": "--compile"}
 
 
-def bench_inputs(out: Path, device: str) -> tuple[Path, Path]:
-    """(model folder, data folder) under ``out``: the full-size random-init model (built once) on
-    cuda, the bundled tiny model on cpu; the synthetic data is (re)written for that tokenizer."""
+def quiet_progress() -> None:
+    """No progress bars from transformers (model loading and saving): they fill captured logs."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def bench_inputs(work: Path, device: str) -> tuple[Path, Path]:
+    """(model folder, data folder) under the scratch folder ``work``: the full-size random-init
+    model (built once) on cuda, the bundled tiny model on cpu; the synthetic data is (re)written
+    for that tokenizer."""
     from transformers import AutoTokenizer
 
-    out.mkdir(parents=True, exist_ok=True)
-    model_dir, data = out / "model", out / "data"
+    quiet_progress()
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir, data = work / "model", work / "data"
     if device == "cpu":
         from dreamprm.tiny import ensure_tiny
 
@@ -175,7 +204,7 @@ def precision(device: str) -> str:
 
 def probe_probabilities(prm, item, pad_id: int, autocast: bool) -> torch.Tensor:
     """p(+) at every step of one training instance, as the training step computes it."""
-    from dreamprm.examples import collate
+    from dreamprm.batching import collate
 
     batch = collate([item], pad_id).to(prm.device)
     on = autocast and prm.device.type == "cuda" and prm.model.dtype != torch.float32
@@ -186,12 +215,10 @@ def probe_probabilities(prm, item, pad_id: int, autocast: bool) -> torch.Tensor:
 def reference_probe(model_dir: Path, data: Path, device: str) -> torch.Tensor:
     """The reference-equivalent computation (stock forward, full-vocabulary softmax at every
     position, under autocast as Betty runs it) on the first training instance."""
-    from dreamprm.data import load_records
-    from dreamprm.examples import ConversationDataset, ExampleBuilder
-    from dreamprm.prm import ProcessRewardModel
+    from dreamprm.records import load_records
+    from dreamprm.batching import ConversationDataset, ExampleBuilder
 
-    prm = ProcessRewardModel.from_pretrained(model_dir, device=device, precision=precision(device))
-    prm.full_vocab_logits = True
+    prm = ReferenceProcessRewardModel.from_pretrained(model_dir, device=device, precision=precision(device))
     records, _ = load_records(data / "train.json", "train")
     item = ConversationDataset(records, data / "train.json", ExampleBuilder(prm.processor, 6))[0]
     probs = probe_probabilities(prm, item, prm.processor.tokenizer.pad_token_id or 0, autocast=True)
@@ -205,7 +232,7 @@ def benchmark_trainer(device: str, model_dir, data: Path, out: Path, mode: str, 
     """The project's Trainer in ``mode`` (sft/table/net) on the benchmark data, never saving a
     checkpoint mid-run; ``reference`` switches on the reference-equivalent computation
     (full-vocabulary logits everywhere, darts passes that record an autograd graph)."""
-    from arguments import train_parser
+    from arguments import parse_train_args
     from dreamprm.trainer import Trainer
 
     argv = ["--reward_model", str(model_dir), "--device", device, "--precision", precision(device), "--no_progress",
@@ -216,10 +243,8 @@ def benchmark_trainer(device: str, model_dir, data: Path, out: Path, mode: str, 
             "--figs_dir", str(out / "figs")]
     argv += {"sft": ["--retrain", "1"], "table": ["--reweighting", "table", "--meta_lr", "5e-3"],
              "net": ["--reweighting", "net", "--meta_lr", "5e-4"]}[mode]
-    trainer = Trainer(train_parser().parse_args(argv + list(flags)))
-    trainer.prm.full_vocab_logits = reference
-    trainer.lower.graph_free_perturbation = not reference
-    return trainer
+    trainer = Trainer(parse_train_args(argv + list(flags)))
+    return make_reference(trainer) if reference else trainer
 
 
 def measure_training(device: str, model_dir: Path, data: Path, out: Path, mode: str, reference: bool, options: set,
@@ -244,15 +269,14 @@ def measure_training(device: str, model_dir: Path, data: Path, out: Path, mode: 
 
 def measure_bon8(device: str, model_dir: Path, data: Path, reference: bool, iters: int, warmup: int,
                  prefetch: int = 2) -> dict:
-    from dreamprm.bestofn import evaluate, load_scorer
-    from dreamprm.examples import ExampleBuilder, collate, load_rgb
+    from dreamprm.batching import ExampleBuilder, collate, load_rgb
     from dreamprm.prompt import candidate_conversation
+    from dreamprm.scoring import evaluate, load_scorer
     from dreamprm.steps import split_steps
 
     tests = json.loads((data / "test.json").read_text())
     scorer = load_scorer(str(model_dir), device=device, precision=precision(device), max_patch_num=12, batch_size=8)
-    prm = scorer.prm
-    prm.full_vocab_logits = reference
+    prm = make_reference(scorer.prm) if reference else scorer.prm  # in reference mode only naive() runs it
     builder = ExampleBuilder(prm.processor, 12)
 
     def naive(q):  # one full forward per candidate, image re-tiled and re-encoded each time
@@ -324,10 +348,23 @@ def parse_mode(spec: str) -> tuple[str, str, bool, set]:
     return mode, base, mode.startswith("reference_"), options
 
 
+def default_run_dir(device: str) -> Path:
+    """``bench/runs/<today>-<gpu>`` on cuda; a cpu smoke run's folder is a temporary one, since its
+    numbers are not results."""
+    if device == "cpu":
+        return Path(tempfile.gettempdir()) / "dreamprm-bench-smoke"
+    return RUNS / f"{dt.date.today().isoformat()}-{gpu_slug(torch.cuda.get_device_name())}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="bench_out")
-    ap.add_argument("--results", default=None, help="append rows to this results.json too")
+    ap.add_argument("--out", default=None,
+                    help="run folder for results.json, bench_log.txt and numerics.json "
+                         "(default bench/runs/<date>-<gpu>; on cpu a temporary folder)")
+    ap.add_argument("--work", default=str(WORK),
+                    help="scratch folder: model, data, training outputs (default %(default)s)")
+    ap.add_argument("--run", default=None, help="the rows' run name (one machine and process order), e.g. h100-m1")
+    ap.add_argument("--note", default=None, help="a note stored in every row")
     ap.add_argument("--iters", type=int, default=12)
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                     help="cpu: a smoke run of every code path on the bundled tiny model, fp32 (numbers meaningless)")
@@ -336,14 +373,32 @@ def main() -> int:
                                       "table+gc,net+gc,sft+gc,sft+noac,table+noac,net+noac,"
                                       "sft+noac+compile,table+noac+compile,net+noac+compile,table+gc+noac")
     a = ap.parse_args()
-    if a.device == "cpu" and a.results:
-        raise SystemExit("--results is for GPU runs; a cpu smoke run's numbers are not results")
     specs = {spec: parse_mode(spec) for spec in a.modes.split(",")}
+    out = Path(a.out) if a.out else default_run_dir(a.device)
+    if a.device == "cpu" and out.resolve().is_relative_to(RUNS.resolve()):
+        raise SystemExit(f"{out} is a results folder; a cpu smoke run's numbers are not results (pass another --out)")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "bench_log.txt", "a", encoding="utf-8") as log:
+        sys.stdout, sys.stderr = LogTee(sys.stdout, log), LogTee(sys.stderr, log)
+        try:
+            print(f"# {dt.datetime.now().isoformat(timespec='seconds')} python bench/bench.py {' '.join(sys.argv[1:])}",
+                  flush=True)
+            return run_modes(a, specs, out, Path(a.work))
+        except Exception:  # into the log too, then out with status 1
+            traceback.print_exc()
+            return 1
+        finally:
+            for tee in (sys.stdout, sys.stderr):
+                tee.close()
+            sys.stdout, sys.stderr = sys.stdout.stream, sys.stderr.stream
+
+
+def run_modes(a, specs: dict, out: Path, work: Path) -> int:
     import transformers
 
-    out = Path(a.out)
-    model_dir, data = bench_inputs(out, a.device)
+    model_dir, data = bench_inputs(work, a.device)
     device_name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu (smoke run, tiny model)"
+    labels = {k: v for k, v in (("run", a.run), ("note", a.note)) if v is not None}  # every row carries them
     rows, scores = [], {}
     training = any(base != "bon8" for _, base, _, _ in specs.values())
     ref_probs = reference_probe(model_dir, data, a.device) if training else None
@@ -357,13 +412,16 @@ def main() -> int:
                 scores[mode] = m.pop("scores")
                 tiles, steps, tokens = 13, 8, 8 * m["seq_len"]
             else:
-                m = measure_training(a.device, model_dir, data, out / f"run_{spec}", base, reference, options,
+                m = measure_training(a.device, model_dir, data, work / f"run_{spec}", base, reference, options,
                                      a.iters, a.warmup, ref_probs)
                 tiles, steps, tokens = 7, 8, m["seq_len"]
         except Exception as exc:  # record the failure (e.g. out of memory) and go on
             traceback.print_exc()
-            rows.append({"mode": mode, "gradient_checkpointing": gc_on, "options": sorted(options - {"gc"}),
-                         "error": f"{type(exc).__name__}: {exc}"[:300]})
+            row = {"date": dt.date.today().isoformat(), "device": device_name, "mode": mode,
+                   "gradient_checkpointing": gc_on, "options": sorted(options - {"gc"}),
+                   "error": f"{type(exc).__name__}: {exc}"[:300], **labels}
+            rows.append(row)
+            append_rows(out / "results.json", [row])
             release(a.device)
             continue
         release(a.device)
@@ -371,22 +429,20 @@ def main() -> int:
         row = {"date": dt.date.today().isoformat(), "device": device_name, "torch": torch.__version__,
                "transformers": transformers.__version__, "mode": mode, "gradient_checkpointing": gc_on,
                "tiles": tiles, "steps": steps, "seq_len": m["seq_len"], "median_s": round(med, 4),
-               "min_s": round(min(m["secs"]), 4), "peak_gib": round(m["peak_gib"], 2),
+               "min_s": round(min(m["secs"]), 4), "timed_iters": len(m["secs"]), "peak_gib": round(m["peak_gib"], 2),
                "tokens_per_s": round(tokens / med, 1), "options": sorted(options - {"gc"}),
                "mfu": round(MODE_FLOPS[base] / med / PEAK_FLOPS, 4) if a.device == "cuda" else None}
         if m.get("max_prob_diff_vs_reference") is not None:
             row["max_prob_diff_vs_reference"] = m["max_prob_diff_vs_reference"]
+        row |= labels
         print(json.dumps(row), flush=True)
         rows.append(row)
-        (out / "rows.json").write_text(json.dumps(rows, indent=1))
-        if a.results:  # row by row: a run cut short (device time limit) keeps what it measured
-            path = Path(a.results)
-            old = json.loads(path.read_text()) if path.exists() else []
-            path.write_text(json.dumps(old + [row], indent=1) + "\n")
+        append_rows(out / "results.json", [row])  # row by row: a run cut short (time limit) keeps what it measured
         if base == "bon8" and "bon8" in scores and "reference_bon8" in scores:  # as soon as both are in
             note = bon8_numerics(scores["bon8"], scores["reference_bon8"])
             print(json.dumps(note), flush=True)
-            (out / "numerics.json").write_text(json.dumps(note, indent=1))
+            (out / "numerics.json").write_text(json.dumps(note, indent=1) + "\n")
+    print(f"rows appended to {out / 'results.json'}", flush=True)
     failed = [f"{r['mode']}{'+gc' if r['gradient_checkpointing'] else ''}" for r in rows if "error" in r]
     if failed:
         print(f"modes that failed: {', '.join(failed)}", file=sys.stderr)

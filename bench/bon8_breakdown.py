@@ -12,7 +12,10 @@ thread (``--prefetch 2``). This script splits that time, per question, at bench.
 If ``stream_prefetch2`` sits well above ``score_pretiled``, the overlap is imperfect (the
 preparing thread competes with the scoring thread for the interpreter lock).
 
-    python bench/bon8_breakdown.py --out /tmp/bench_out [--iters 10] [--device cpu]
+    python bench/bon8_breakdown.py [--out RUN] [--work DIR] [--iters 10] [--device cpu]
+
+The numbers are printed and written to ``RUN/bon8_breakdown.json`` (``RUN`` as bench.py's
+``--out``: by default ``bench/runs/<date>-<gpu>/``); ``--work`` is bench.py's scratch folder.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # bench.py, reference.py by bare name; the root's arguments.py
 
 
 def timed_median(fn, items, warmup: int, sync) -> float:
@@ -42,20 +46,21 @@ def timed_median(fn, items, warmup: int, sync) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="bench_out", help="bench.py's output folder (model and data are built if missing)")
+    ap.add_argument("--out", default=None, help="run folder for bon8_breakdown.json (default: bench.py's)")
+    ap.add_argument("--work", default=None, help="bench.py's scratch folder (model and data are built if missing)")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: tiny model, a smoke run")
     a = ap.parse_args()
 
-    from bench import bench_inputs, measure_bon8, precision, sync
-    from dreamprm.bestofn import load_scorer
-    from dreamprm.examples import ExampleBuilder
+    from bench import WORK, bench_inputs, default_run_dir, measure_bon8, precision, sync
+    from dreamprm.batching import ExampleBuilder
     from dreamprm.prompt import candidate_conversation
+    from dreamprm.scoring import load_scorer
     from dreamprm.steps import split_steps
 
-    out = Path(a.out)
-    model_dir, data = bench_inputs(out, a.device)
+    out = Path(a.out) if a.out else default_run_dir(a.device)
+    model_dir, data = bench_inputs(Path(a.work) if a.work else WORK, a.device)
     tests = json.loads((data / "test.json").read_text())
     stream = [tests[i % len(tests)] for i in range(a.warmup + a.iters)]
 
@@ -90,7 +95,8 @@ def main() -> int:
     result = {k: round(v, 4) for k, v in result.items()}
     result["device"] = torch.cuda.get_device_name() if a.device == "cuda" else "cpu (tiny model)"
     print(json.dumps(result), flush=True)
-    (out / "bon8_breakdown.json").write_text(json.dumps(result, indent=1))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bon8_breakdown.json").write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

@@ -12,10 +12,11 @@ moves by ~R / sqrt(938e6) ≈ 3e-7 on average, far below the bf16 spacing of a t
    per-instance differences, and norm ratio).
 
     python bench/darts_precision.py
-    python bench/darts_precision.py --full_size --out /tmp/bench_out   # GPU: random-init InternVL3-1B
+    python bench/darts_precision.py --full_size [--work DIR]   # GPU: random-init InternVL3-1B
 
-``--full_size`` repeats 2. on the GPU with bench.py's random-init full-size model and data, R
-unscaled (two training instances per batch; fp32 needs ~40 GiB).
+``--full_size`` repeats 2. on the GPU with bench.py's random-init full-size model and data (built
+in bench.py's scratch folder ``--work`` if missing), R unscaled (two training instances per
+batch; fp32 needs ~40 GiB).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(HERE), str(ROOT)]  # bench.py by bare name; the root's arguments.py
 FULL_SIZE = 938e6
 
 
@@ -44,7 +46,7 @@ def table_hypergradient(prm0, train_set, meta_set, dtype, alpha: float, batch: i
                         device: str = "cpu") -> torch.Tensor:
     from betty.configs import Config, EngineConfig
 
-    from dreamprm.examples import BatchStream
+    from dreamprm.batching import BatchStream
     from dreamprm.problems import IterationEngine, LowerProblem, UpperProblem
     from dreamprm.weighting import WeightTable
 
@@ -60,7 +62,7 @@ def table_hypergradient(prm0, train_set, meta_set, dtype, alpha: float, batch: i
                       torch.optim.SGD(table.parameters(), lr=0.0), None, BatchStream(meta_set, max(batch // 2, 1), 4, 0))
     strategy = "cpu" if device == "cpu" else "default"
     IterationEngine([upper, lower], EngineConfig(train_iters=1, valid_step=1, strategy=strategy, logger_type="none"),
-                    {"l2u": {lower: [upper]}, "u2l": {upper: [lower]}}, on_iteration=lambda it: True).run()
+                    {"l2u": {lower: [upper]}, "u2l": {upper: [lower]}}, on_iteration=lambda *_: True).run()
     hypergradient = upper.captured.cpu()
     del prm, lower, upper
     if device != "cpu":
@@ -78,8 +80,8 @@ def compare(got, ref) -> str:
 
 def datasets(prm0, folder: Path, max_patch_num: int, n_train: int, n_meta: int):
     """The first ``n_train`` training and ``n_meta`` meta records of ``folder``'s sample files."""
-    from dreamprm.data import load_records
-    from dreamprm.examples import ConversationDataset, ExampleBuilder
+    from dreamprm.records import load_records
+    from dreamprm.batching import ConversationDataset, ExampleBuilder
 
     builder = ExampleBuilder(prm0.processor, max_patch_num)
     train, _ = load_records(folder / "train.json", "train")
@@ -102,22 +104,21 @@ def sweep(prm0, train_set, meta_set, scale: float = 1.0, batch: int = 8, device:
               flush=True)
 
 
-def full_size(out: Path) -> None:
-    """2. at full size on the GPU, with bench.py's model and data (built there if missing)."""
-    sys.path.insert(0, str(ROOT / "bench"))
+def full_size(work: Path) -> None:
+    """2. at full size on the GPU, with bench.py's model and data (built in ``work`` if missing)."""
     from bench import bench_inputs
     from dreamprm.prm import ProcessRewardModel
     from dreamprm.prompt import label_token_ids
 
-    bench_inputs(out, "cuda")
-    prm0 = ProcessRewardModel.from_pretrained(out / "model", precision="fp32")  # kept on the CPU
+    bench_inputs(work, "cuda")
+    prm0 = ProcessRewardModel.from_pretrained(work / "model", precision="fp32")  # kept on the CPU
     # bench.py's model scales the "+"/"-" rows of the LM head by 40 for decisive scores; at that
     # scale p(+) saturates to exactly 0 or 1 in fp32 and every gradient vanishes (a first run gave
     # an all-zero hypergradient). Scale them to 3x instead, as the tiny model's run does.
     plus, minus = label_token_ids(prm0.processor.tokenizer)
     with torch.no_grad():
         prm0.model.lm_head.weight[[plus, minus]] *= 3 / 40
-    train_set, meta_set = datasets(prm0, out / "data", 6, 2, 1)
+    train_set, meta_set = datasets(prm0, work / "data", 6, 2, 1)
     print("2. full-size random-init InternVL3-1B, Instance Table darts hypergradient, bf16 vs fp32 weights")
     sweep(prm0, train_set, meta_set, batch=2, device="cuda")
 
@@ -127,7 +128,7 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full_size", action="store_true", help="part 2 at full size, on the GPU")
-    ap.add_argument("--out", default="bench_out", help="bench.py's output folder (model, data)")
+    ap.add_argument("--work", default=None, help="bench.py's scratch folder (model, data; default: bench.py's)")
     a = ap.parse_args()
 
     from dreamprm.prm import ProcessRewardModel
@@ -139,7 +140,9 @@ def main() -> int:
     for R in (0.01, 0.1, 1.0):
         print(f"   R = {R:<5g} {100 * moved_share(R):6.2f} %")
     if a.full_size:
-        full_size(Path(a.out))
+        from bench import WORK
+
+        full_size(Path(a.work) if a.work else WORK)
         return 0
 
     torch.manual_seed(0)

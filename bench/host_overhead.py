@@ -29,9 +29,8 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # bench.py, reference.py by bare name; the root's arguments.py
 
 
 class OpCounter(TorchDispatchMode):
@@ -92,9 +91,9 @@ def run_variant(model: Path, data: Path, out: Path, iters: int, reference: bool,
         for problem in trainer.problems():
             counter.watch(problem.optimizer)
 
-        def mark(it):
+        def mark(*args):
             marks.append((counter.ops, counter.optimizer_ops, Counter(counter.by_name)))
-            return record(it)
+            return record(*args)
 
         trainer.engine.on_iteration = mark
         with counter:

@@ -1,10 +1,14 @@
-"""Plot bench/results.json: time and peak memory per mode, ours beside the reference, with the targets.
+"""Draw a run folder's figure from its results.json: time and peak memory per mode, ours beside
+the reference, with the targets.
 
 Uses the newest row of every (mode, gradient checkpointing, options) on the chosen device, from
 one measurement run (rows' ``run`` field; by default the run with the most rows), so that every
 bar of the figure comes from the same machine. Rows without a ``run`` form a run of their own.
 
-    python bench/plot_results.py [--results bench/results.json] [--device H100] [--run NAME] [--out bench/results.png]
+    python bench/plot_results.py bench/runs/<date>-<gpu> [--device H100] [--run NAME] [--out PNG] [--table]
+
+writes ``bench/runs/<date>-<gpu>/results.png`` (or ``--out``); ``--table`` also prints the rows
+drawn as a Markdown table (the layout of RESULTS.md's tables).
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import json
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
 # (mode, gradient checkpointing) -> (seconds, GiB) targets from the performance issue
 TARGETS = {("sft", False): (0.10, None), ("table", False): (0.20, 20.0), ("table", True): (None, 14.0)}
 
@@ -74,6 +77,7 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
             target = targets.get((r["mode"], r["gradient_checkpointing"]), (None, None))[field == "peak_gib"]
             if target is not None:
                 ax.plot([target, target], [i - 0.4, i + 0.4], color="tab:red", linewidth=2)
+        ax.margins(x=0.1)  # room for the value printed after the longest bar
         ax.set_xlabel(unit)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(rows)), names, fontsize=9)
@@ -87,23 +91,46 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     return path
 
 
+def _number(value, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def summary_table(rows: list[dict]) -> str:
+    """``rows`` (as ``newest_rows`` orders them) as a Markdown table: mode, options, median and min
+    seconds, peak GiB, MFU and the step-probability difference to the reference path."""
+    lines = ["| mode | options | median s | min s | peak GiB | MFU | prob. diff vs ref. |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        options = (["gc"] if r["gradient_checkpointing"] else []) + r.get("options", [])
+        mfu = "–" if r.get("mfu") is None else f"{100 * r['mfu']:.0f} %"
+        lines.append(f"| {r['mode']} | {' + '.join(options) or '–'} | {r['median_s']:.3f} | {r['min_s']:.3f} | "
+                     f"{r['peak_gib']:.1f} | {mfu} | {_number(r.get('max_prob_diff_vs_reference'), '.1e')} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--results", default=str(HERE / "results.json"))
-    ap.add_argument("--device", default="H100", help="rows whose device name contains this")
+    ap.add_argument("run_dir", type=Path, help="a run folder holding results.json, e.g. bench/runs/2026-11-22-h100-2")
+    ap.add_argument("--device", default="", help="rows whose device name contains this (default: any)")
     ap.add_argument("--run", default=None, help="rows of this run (default: the run with the most rows)")
-    ap.add_argument("--out", default=str(HERE / "results.png"))
+    ap.add_argument("--out", type=Path, default=None, help="the figure (default: RUN_DIR/results.png)")
+    ap.add_argument("--table", action="store_true", help="also print the rows drawn as a Markdown table")
     a = ap.parse_args()
-    all_rows = json.loads(Path(a.results).read_text())
+    results = a.run_dir / "results.json"
+    if not results.is_file():
+        raise SystemExit(f"no results.json in {a.run_dir}")
+    all_rows = json.loads(results.read_text())
     run = a.run if a.run is not None else largest_run(all_rows, a.device)
     rows = newest_rows(all_rows, a.device, run)
     if not rows:
-        raise SystemExit(f"no rows for a device matching {a.device!r} (run {run!r}) in {a.results}")
+        raise SystemExit(f"no rows for a device matching {a.device!r} (run {run!r}) in {results}")
     dates = sorted({r["date"] for r in rows})
     title = f"{rows[0]['device']}, torch {rows[0]['torch']}, {dates[0]}" + (f" – {dates[-1]}" if len(dates) > 1 else "")
     if run:
         title += f", run {run}"
-    print(plot(rows, Path(a.out), title))
+    print(plot(rows, a.out or a.run_dir / "results.png", title))
+    if a.table:
+        print(summary_table(rows))
     return 0
 
 

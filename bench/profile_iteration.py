@@ -1,8 +1,11 @@
 """Profile a few training iterations (or best-of-8 questions) at the benchmark shape and print
 where the time goes: the busiest kernels, and the host side (launches, Python).
 
-    python bench/profile_iteration.py --out bench_out --mode table [--options noac,compile]
-    python bench/profile_iteration.py --out bench_out --mode bon8
+    python bench/profile_iteration.py --mode table [--options noac,compile] [--work DIR] > RUN/profile_table_noac.txt
+    python bench/profile_iteration.py --mode bon8 > RUN/profile_bon8.txt
+
+``--work`` is bench.py's scratch folder (the model and data are built there if missing); the
+tables go to stdout, for the run folder (``bench/runs/<date>-<gpu>/``).
 """
 
 from __future__ import annotations
@@ -14,21 +17,20 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # bench.py, reference.py by bare name; the root's arguments.py
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--work", default=None, help="bench.py's scratch folder (default: bench.py's)")
     ap.add_argument("--mode", default="table", choices=("sft", "table", "net", "bon8"))
     ap.add_argument("--options", default="", help="comma-separated bench options: gc, noac, compile")
     ap.add_argument("--rows", type=int, default=25)
     a = ap.parse_args()
-    from bench import OPTION_FLAGS, bench_inputs
+    from bench import OPTION_FLAGS, WORK, bench_inputs
 
-    out = Path(a.out)
+    out = Path(a.work) if a.work else WORK
     bench_inputs(out, "cuda")
     if a.mode == "bon8":
         prof = profile_bon8(out)
@@ -47,7 +49,7 @@ def profile_training(out: Path, mode: str, flags: list[str]):
     schedule = torch.profiler.schedule(skip_first=5, wait=0, warmup=0, active=2, repeat=1)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], schedule=schedule) as prof:
         # iterations 6 and 7 are recorded (after compile warm-up); the final save at 8 is not
-        trainer.engine.on_iteration = lambda it: (prof.step(), record(it))[1]
+        trainer.engine.on_iteration = lambda *args: (prof.step(), record(*args))[1]
         trainer.run()
     return prof
 
@@ -56,7 +58,7 @@ def profile_bon8(out: Path):
     """Six best-of-8 questions through test.py's loop (prefetch on); the last two are recorded."""
     import json
 
-    from dreamprm.bestofn import evaluate, load_scorer
+    from dreamprm.scoring import evaluate, load_scorer
 
     scorer = load_scorer(str(out / "model"), device="cuda", precision="bf16", max_patch_num=12, batch_size=8)
     tests = json.loads((out / "data" / "test.json").read_text())
