@@ -1,4 +1,5 @@
-"""dreamprm.figures: every loss line visible, integer histogram counts, zoomed per-domain axes."""
+"""dreamprm.figures: every loss line visible, integer histogram counts, zoomed per-domain axes,
+and every best-of-N accuracy-vs-N line visible with readable ticks."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import random
 import matplotlib.pyplot as plt
 import pytest
 
-from dreamprm.figures import loss_figure, plot_losses, plot_weights, weights_figure
+from dreamprm.aggregation import AGGREGATIONS
+from dreamprm.figures import curve_figure, loss_figure, plot_curve, plot_losses, plot_weights, weights_figure
 
 DOMAINS = ("charts", "scenes", "shapes")
 
@@ -160,3 +162,46 @@ def test_domain_table_weights_get_the_domain_panel_alone(tmp_path):
             plt.close(fig)
     out = plot_weights(weights, {d: d for d in weights}, tmp_path / "d.png", "Domain Table")
     assert out.exists() and out.stat().st_size > 5_000
+
+
+# -- best-of-N accuracy vs N ------------------------------------------------------------------
+def _drawn_curve_figure(curve, names=AGGREGATIONS):
+    fig = curve_figure(curve, names)
+    fig.tight_layout()
+    fig.canvas.draw()
+    return fig
+
+
+def test_curve_figure_every_line_visible_and_readable_ticks(tmp_path):
+    same = [0.5, 0.55, 0.6]
+    curve = {"n": [1, 2, 3], "mean": same, "log_mean": list(same), "log_odds": list(same),
+             "min": [0.5, 0.52, 0.58], "max": [0.5, 0.6, 0.7], "random": [0.5] * 3, "oracle": [0.5, 0.8, 0.9],
+             "self_consistency": [0.5, 0.5, 0.6], "self_consistency_exact": [True] * 3, "draws": 20, "seed": 0,
+             "exact_limit": 256}
+    fig = _drawn_curve_figure(curve)
+    ax = fig.axes[0]
+    prm = [l for l in ax.get_lines() if l.get_label().startswith("PRM ")]
+    assert len(prm) == 5
+    points = [frozenset(map(tuple, l.get_transform().transform(l.get_xydata()).round(1))) for l in prm]
+    for i in range(5):  # no line is hidden under another: their drawn points differ everywhere
+        for j in range(i):
+            assert not points[i] & points[j], (prm[i].get_label(), prm[j].get_label())
+    assert len({l.get_marker() for l in prm}) == 5  # and each its own marker
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "PRM log_mean (same as mean)" in labels and "PRM log_odds (same as mean)" in labels
+    assert "random pick (= pass@1)" in labels and "oracle (pass@N)" in labels
+    plt.close(fig)
+
+    # 64 candidates: integer ticks whose labels do not overlap
+    many = {k: (v * 22)[:64] if isinstance(v, list) else v for k, v in curve.items()}
+    many["n"] = list(range(1, 65))
+    fig = _drawn_curve_figure(many, ["mean"])
+    ax = fig.axes[0]
+    ticks = [t for t in ax.get_xticklabels() if t.get_text() and 0.5 <= t.get_position()[0] <= 64.5]
+    assert 5 <= len(ticks) <= 16 and all(float(t.get_text()).is_integer() for t in ticks)
+    boxes = [t.get_window_extent(renderer=fig.canvas.get_renderer()) for t in ticks]
+    assert all(not a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert "exact" in ax.get_title()
+    plt.close(fig)
+    out = plot_curve(curve, tmp_path / "figs" / "curve.png")
+    assert out == tmp_path / "figs" / "curve.png" and out.stat().st_size > 10_000

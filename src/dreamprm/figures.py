@@ -1,4 +1,4 @@
-"""Training figures from the run's own files: loss curves and the learned weights.
+"""The figures: training (loss curves, the learned weights) and best-of-N (accuracy vs N).
 
 * :func:`plot_losses`: the lower-level losses (plain and weighted) in one panel, the meta loss
   in its own panel below. The weighted loss is drawn dashed over a wide translucent plain
@@ -9,21 +9,28 @@
   and instance count written beside it) on an axis zoomed to the means; for a handful of
   per-domain weights (Domain Table) only the per-domain panel, as bars from 1.0 (the average
   weight) to each weight.
+* :func:`plot_curve`: ``test.py``'s best-of-N accuracy vs N (``dreamprm.selection.accuracy_vs_n``):
+  one line per PRM aggregation, each with its own marker and line style and shifted sideways
+  by a fraction of one N, so lines that coincide stay visible; random pick, oracle and
+  self-consistency as reference lines.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, MaxNLocator, PercentFormatter  # noqa: E402
+
+from .aggregation import AGGREGATIONS  # noqa: E402
 
 # (metrics key, legend label, colour); the weighted loss is dashed over the plain one
 LOSSES = (("lower_loss", "lower loss", "tab:blue"), ("weighted_loss", "weighted lower loss", "tab:orange"))
@@ -276,3 +283,71 @@ def weights_figure(weights: dict[str, float], domain_of: dict[str, str], title: 
     _domain_panel(right, names, stats, mean, "n")
     right.set_title("mean weight per domain")
     return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# best-of-N accuracy vs N
+# ----------------------------------------------------------------------------------------------
+# (marker, line style, colour) per aggregation: each line stays visible where others coincide
+_AGG_STYLES = {
+    "mean": ("o", "-", "tab:blue"),
+    "log_mean": ("s", (0, (5, 2)), "tab:orange"),
+    "max": ("^", "-.", "tab:green"),
+    "min": ("v", ":", "tab:red"),
+    "log_odds": ("D", (0, (6, 2, 1, 2, 1, 2)), "tab:purple"),
+}
+_BASE_STYLES = {
+    "random": dict(linestyle=(0, (1, 2)), color="0.45", linewidth=1.6, label="random pick (= pass@1)"),
+    "oracle": dict(linestyle=(0, (4, 2)), color="black", linewidth=1.4, label="oracle (pass@N)"),
+    "self_consistency": dict(linestyle="-", color="tab:brown", linewidth=1.2, marker="x", markersize=6,
+                             label="self-consistency"),
+}
+
+
+def curve_figure(curve: dict, aggregations: Sequence[str] = AGGREGATIONS):
+    """The accuracy-vs-N figure (a matplotlib Figure) of ``accuracy_vs_n``'s ``curve``. The PRM
+    aggregations get distinct markers and line styles and are shifted apart horizontally by a
+    fraction of one N, so a line that coincides with another (often: mean, log_mean, log_odds)
+    still shows; a curve equal to an earlier one says so in the legend."""
+    xs = list(curve["n"])
+    max_n = xs[-1] if xs else 1
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    names = [a for a in aggregations if a in curve]
+    width = 0.36 if len(names) > 1 else 0.0  # total horizontal spread of the shifted lines, in N
+    for j, name in enumerate(names):
+        marker, style, color = _AGG_STYLES.get(name, ("o", "-", None))
+        shift = (j / (len(names) - 1) - 0.5) * width if len(names) > 1 else 0.0
+        ys = [100 * v for v in curve[name]]
+        same = next((other for other in names[:j] if curve[other] == curve[name]), None)
+        label = f"PRM {name}" + (f" (same as {same})" if same else "")
+        ax.plot([x + shift for x in xs], ys, marker=marker, linestyle=style, color=color, label=label,
+                markersize=6, markerfacecolor="none", markeredgewidth=1.4, linewidth=1.4,
+                markevery=max(1, len(xs) // 24))
+    for name, style in _BASE_STYLES.items():
+        if name in curve:
+            ax.plot(xs, [100 * v for v in curve[name]], **style)
+    ax.set_xlabel("N (candidates per question, a uniformly random subset)")
+    ax.set_ylabel("accuracy (expected)")
+    ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    if max_n <= 16:
+        ax.xaxis.set_major_locator(FixedLocator(xs))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=12, integer=True))
+    ax.set_xlim(0.5, max_n + 0.5)
+    ax.grid(alpha=0.3)
+    exact = curve.get("self_consistency_exact", [])
+    if exact and all(exact):
+        sc = "self-consistency: exact too (every subset enumerated)"
+    else:
+        sc = (f"self-consistency: mean of {curve.get('draws')} random subsets (seed {curve.get('seed')}) where a "
+              f"question has over {curve.get('exact_limit')} subsets of N, exact elsewhere")
+    note = "exact expectations for the PRM aggregations, random pick and oracle; " + sc
+    ax.set_title("Best-of-N accuracy vs N\n" + "\n".join(textwrap.wrap(note, 95)), fontsize=9.5)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title_fontsize=7,
+              title="PRM lines are shifted\nsideways to stay visible" if width else None)
+    return fig
+
+
+def plot_curve(curve: dict, path, aggregations: Sequence[str] = AGGREGATIONS) -> Path:
+    """Write ``curve_figure`` to ``path`` (PNG; the folder is created)."""
+    return save_figure(curve_figure(curve, aggregations), path)

@@ -8,10 +8,15 @@ over the full vocabulary, as the method defines the step score.
 InternVL, or InternVL's original *chat* layout (the released DreamPRM-1.5 checkpoints, which
 upstream loads with remote code), converted in memory by :mod:`dreamprm.convert`. Whatever
 cannot be loaded is a :class:`ModelLoadError` with a one-line message.
+
+Best-of-N scoring (``dreamprm.scoring``) uses two more pieces: :meth:`~ProcessRewardModel.encode_prefix`
+runs the token prefix a question's candidates share once, and
+:meth:`~ProcessRewardModel.step_probabilities` scores a batch of them on a copy of its cache.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import sys
@@ -191,6 +196,15 @@ class StepOutputs:
         return self.log_p_minus.exp()
 
 
+@dataclass
+class Prefix:
+    """A token prefix several sequences share, run once (:meth:`ProcessRewardModel.encode_prefix`):
+    its ``length`` in tokens and the language model's key/value ``cache`` over it."""
+
+    length: int
+    cache: object
+
+
 class ProcessRewardModel(nn.Module):
     """Wraps ``InternVLForConditionalGeneration`` and its processor; its parameters are the model's."""
 
@@ -200,9 +214,6 @@ class ProcessRewardModel(nn.Module):
         self.processor = processor
         self.plus_id, self.minus_id = label_token_ids(processor.tokenizer)
         self.image_token_id = model.config.image_token_id
-        # Reference-equivalent path (benchmarks, equivalence tests): LM head and softmax over
-        # every position through the stock forward, as the public code computes it.
-        self.full_vocab_logits = False
 
     @classmethod
     def from_pretrained(
@@ -251,6 +262,22 @@ class ProcessRewardModel(nn.Module):
     @property
     def tokens_per_tile(self) -> int:
         return int(self.model.config.image_seq_length)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights (the precision it was loaded in)."""
+        return self.model.dtype
+
+    @property
+    def max_length(self) -> int | None:
+        """The longest sequence the language model was built for (``max_position_embeddings`` of
+        its text config), or None when the config does not say."""
+        config = self.model.config
+        for cfg in (getattr(config, "text_config", None), getattr(config, "llm_config", None), config):
+            n = getattr(cfg, "max_position_embeddings", None) if cfg is not None else None
+            if isinstance(n, int) and n > 0:
+                return n
+        return None
 
     def compile_layers(self) -> None:
         """Regional ``torch.compile``: every vision and language decoder layer, in place.
@@ -307,6 +334,62 @@ class ProcessRewardModel(nn.Module):
             batch_index=batch_index,
         )
 
+    # -- best-of-N scoring: a shared prefix run once, p(+) in the scoring dtype ------------
+    def encode_prefix(self, input_ids: torch.Tensor, image_features: torch.Tensor | None = None) -> Prefix:
+        """Run the token prefix ``input_ids`` (1, n) that several sequences share through the
+        language model once and keep its key/value cache for :meth:`step_probabilities`.
+        ``image_features``: the features of every image token in the prefix (None: text only)."""
+        embeds = self.embed(input_ids, image_features)
+        out = self.model.model.language_model(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids),
+                                              use_cache=True)
+        return Prefix(input_ids.shape[1], out.past_key_values)
+
+    def step_probabilities(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        label_batch: torch.Tensor,
+        label_pos: torch.Tensor,
+        image_features: torch.Tensor | None = None,
+        prefix: Prefix | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """p(+) at every label position of a batch of sequences that show one image (flattened,
+        as ``label_batch``/``label_pos``): the LM head at the label positions only, then the
+        softmax over the full vocabulary in ``dtype`` (default: the model's, with no upcast, as
+        upstream's test code computes the step score). Returned in ``dtype``, on the device.
+
+        ``image_features``: the one image's features, shared by every row. ``prefix`` (from
+        :meth:`encode_prefix`): every row starts with that prefix, image included (then pass no
+        ``image_features``), and only the tokens after it are run, on a copy of its cache; every
+        label position must lie after it. ``attention_mask`` covers the whole rows either way."""
+        bsz = input_ids.shape[0]
+        if prefix is None:
+            features = image_features.repeat(bsz, 1) if image_features is not None else None
+            hidden = self.hidden_states(input_ids, attention_mask, image_features=features)
+        else:
+            if image_features is not None:
+                raise ValueError("with a prefix the image is in its cache: pass no image_features")
+            n = prefix.length
+            if int(label_pos.min()) < n:
+                raise ValueError("a label position falls inside the shared prefix")
+            cache = copy.deepcopy(prefix.cache)
+            if bsz > 1:
+                cache.batch_repeat_interleave(bsz)
+            suffix = input_ids[:, n:]
+            embeds = self.embed(suffix, None)
+            positions = torch.arange(n, n + suffix.shape[1], device=self.device).unsqueeze(0).expand(bsz, -1)
+            hidden = self.model.model.language_model(
+                inputs_embeds=embeds,
+                attention_mask=attention_mask,  # full length: prefix (all ones) + suffix
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
+            label_pos = label_pos - n
+        logits = self.model.lm_head(hidden[label_batch, label_pos]).to(self.dtype if dtype is None else dtype)
+        return logits.softmax(-1)[:, self.plus_id]
+
     # -- the whole thing ------------------------------------------------------------------
     def forward(
         self,
@@ -317,15 +400,5 @@ class ProcessRewardModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         **_: object,
     ) -> StepOutputs:
-        if self.full_vocab_logits:
-            logits = self.full_logits(input_ids, attention_mask, pixel_values).float()
-            log_probs = logits.log_softmax(-1)[label_batch, label_pos]
-            at = logits[label_batch, label_pos]
-            return StepOutputs(at[:, self.plus_id], at[:, self.minus_id], log_probs[:, self.plus_id],
-                               log_probs[:, self.minus_id], label_batch)
         hidden = self.hidden_states(input_ids, attention_mask, pixel_values)
         return self.label_outputs(hidden[label_batch, label_pos], label_batch)
-
-    def full_logits(self, input_ids, attention_mask=None, pixel_values=None) -> torch.Tensor:
-        """Logits at every position through the stock forward (the reference computation)."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values).logits

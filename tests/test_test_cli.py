@@ -1,10 +1,12 @@
-"""test.py as a user meets it: non-finite scores, over-long candidates, output paths, interrupts,
-model load errors and mistyped flags, each answered in one line with a documented exit code."""
+"""test.py as a user meets it: the report, bad records, ties decided as upstream decides them,
+non-finite scores, over-long candidates, output paths, interrupts, model load errors and
+mistyped flags, each answered in one line with a documented exit code."""
 
 import json
 import os
 import re
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +18,26 @@ import pytest
 import torch
 from PIL import Image
 
+from dreamprm.aggregation import AGGREGATIONS
+from dreamprm.batching import ExampleBuilder, collate
+from dreamprm.prm import ModelLoadError, ProcessRewardModel
+from dreamprm.prompt import candidate_conversation, encode_conversation
+from dreamprm.selection import select
+from dreamprm.steps import split_steps
+from upstream_oracles import upstream_select
+
 ROOT = Path(__file__).resolve().parents[1]
+
+FIGURE_PIXELS = (1080, 576)  # the accuracy-vs-N figure: 9 x 4.8 inches at 120 dpi
+
+
+def _png_size(path):
+    """The pixel size of a PNG file (and a proof that it is one)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.size
 
 
 def _image(w, h, seed):
@@ -67,7 +88,207 @@ def _err_lines(captured):
     return [l for l in captured.err.splitlines() if l.strip() and not re.search(r"\d+%\|", l)]
 
 
-# -- 1. non-finite step scores ----------------------------------------------------------------
+# -- 1. the report and bad records ------------------------------------------------------------
+def _good_records(tmp_path, n=3):
+    (tmp_path / "img").mkdir(exist_ok=True)
+    recs = []
+    for i in range(n):
+        _image(60 + 30 * i, 50, i).save(tmp_path / "img" / f"q{i}.png")
+        recs.append({
+            "id": f"q{i}" if i % 2 == 0 else i,
+            "question": f"What is {i} + 1?",
+            "image_path": f"img/q{i}.png",
+            "candidates": [
+                f"[Reasoning]\nStep 1: We add one.\nStep 2: That gives {i + 1}.\nAnswer: {i + 1}",
+                f"[Reasoning]\nIt is {i}.\nAnswer: {i}",
+                f"[Reasoning]\n1) add 2) get it\nAnswer: {i + 1}",
+            ][: 3 - (i % 2)],
+            "true_false": [True, False, True][: 3 - (i % 2)],
+        })
+    return recs
+
+
+def test_cli_report_shape(tmp_path, main, capsys):
+    path = _write(tmp_path, _good_records(tmp_path))
+    out = tmp_path / "results" / "bestofn.json"
+    rc = main([
+        "--test_json_file", str(path), "--reward_model", "tiny", "--device", "cpu", "--precision", "fp32",
+        "--output_file", str(out), "--figs_dir", str(tmp_path / "figs"), "--batch_size", "2",
+    ])
+    assert rc == 0
+    captured = capsys.readouterr()
+    report = json.loads(out.read_text())
+    assert set(report) == {"partial", "summary", "questions"} and report["partial"] is False
+    s = report["summary"]
+    assert set(s) == {"n_questions", "n_candidates", "accuracy", "pass@1", "first_candidate", "oracle",
+                      "self_consistency", "truncated_candidates", "unscorable_candidates", "nonfinite_candidates",
+                      "definitions", "scoring"}
+    assert s["scoring"]["score_dtype"] == "float32" and s["scoring"]["step_splitter"] == "upstream"
+    assert s["scoring"]["max_length"] == 32768  # the tiny model's max_position_embeddings
+    assert s["scoring"]["ties"] == "later candidate (upstream's >=)"
+    assert set(s["accuracy"]) == set(AGGREGATIONS)
+    assert s["n_questions"] == 3
+    for name in AGGREGATIONS:  # the share of questions whose selected candidate is correct
+        assert s["accuracy"][name] == sum(q["true_false"][q["selected"][name]] for q in report["questions"]) / 3
+    # every first candidate is correct and carries its question's majority answer
+    assert s["first_candidate"] == s["oracle"] == s["self_consistency"] == 1.0
+    assert s["pass@1"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
+    assert s["truncated_candidates"] == s["unscorable_candidates"] == s["nonfinite_candidates"] == 0
+    assert [q["id"] for q in report["questions"]] == ["q0", 1, "q2"]
+    for q, rec in zip(report["questions"], json.loads(path.read_text())):
+        assert set(q) == {"id", "true_false", "step_scores", "n_steps", "truncated", "unscorable", "nonfinite",
+                          "scores", "selected"}
+        assert q["true_false"] == rec["true_false"]
+        n = len(rec["candidates"])
+        assert len(q["step_scores"]) == n
+        assert [len(ps) for ps in q["step_scores"]][:2] == [3, 2][: n]  # steps + answer step
+        assert q["n_steps"] == [len(ps) for ps in q["step_scores"]]
+        assert q["truncated"] == q["unscorable"] == q["nonfinite"] == []
+        assert all(0.0 < p < 1.0 for ps in q["step_scores"] for p in ps)
+        assert set(q["scores"]) == set(q["selected"]) == set(AGGREGATIONS)
+        for name in AGGREGATIONS:
+            assert len(q["scores"][name]) == n
+            assert q["selected"][name] == select(q["scores"][name])
+    assert _png_size(tmp_path / "figs" / "bestofn_accuracy_vs_n.png") == FIGURE_PIXELS
+    for word in ("log_odds", "pass@1", "oracle", "self_consistency", "questions", str(out)):
+        assert word in captured.out
+
+
+BAD_CASES = {
+    "missing image": ({"image_path": "img/nope.png"}, "image not found"),
+    "empty candidates": ({"candidates": [], "true_false": []}, "field 'candidates'"),
+    "length mismatch": ({"true_false": [True]}, "1 value for 3 candidates"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_cli_bad_input(tmp_path, main, capsys, case):
+    recs = _good_records(tmp_path)
+    change, expected = BAD_CASES[case]
+    recs[2].update(change)
+    path = _write(tmp_path, recs)
+    rc = main(["--test_json_file", str(path), "--reward_model", "tiny", "--device", "cpu",
+               "--output_file", str(tmp_path / "out.json"), "--figs_dir", str(tmp_path / "figs")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert str(path) in err[0] and "record 2 (id 'q2')" in err[0] and expected in err[0]
+    assert "--skip_bad_records" in err[0]
+    assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.slow
+def test_cli_bad_input_process_exit_code(tmp_path):
+    recs = _good_records(tmp_path, 1)
+    recs[0]["true_false"] = [True]
+    path = _write(tmp_path, recs)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "test.py"), "--test_json_file", str(path), "--reward_model", "tiny"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()  # one line, so no traceback
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "record 0 (id 'q0')" in lines[0], lines
+
+
+def test_cli_skip_bad_records(tmp_path, main, capsys):
+    recs = _good_records(tmp_path, 3)
+    for i, (change, _) in enumerate(BAD_CASES.values()):
+        rec = dict(recs[i], id=f"bad-{i}")
+        rec.update(change)
+        recs.append(rec)
+    path = _write(tmp_path, recs)
+    out = tmp_path / "out.json"
+    rc = main(["--test_json_file", str(path), "--reward_model", "tiny", "--device", "cpu", "--precision", "fp32",
+               "--output_file", str(out), "--figs_dir", str(tmp_path / "figs"), "--skip_bad_records",
+               "--aggregation_function", "log_odds"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "skipped 3 bad records" in captured.err and "skipped 3 bad records" in captured.out
+    report = json.loads(out.read_text())
+    assert report["summary"]["n_questions"] == 3
+    assert set(report["summary"]["accuracy"]) == set(AGGREGATIONS)  # all five always
+    assert "PRM log_odds" in captured.out and "PRM mean" not in captured.out
+
+
+# -- 2. ties: test.py picks what upstream's rule picks ------------------------------------------
+def _bf16_model(tmp_path, name, head_row):
+    """The tiny PRM with its "+" row of the LM head replaced, saved for test.py to load in bf16."""
+    model = ProcessRewardModel.from_pretrained("tiny", device="cpu", precision="fp32")
+    with torch.no_grad():
+        model.model.lm_head.weight[model.plus_id] = head_row(model)
+    model.save_pretrained(tmp_path / name)
+    return tmp_path / name
+
+
+def _saturating_row(model):
+    """Aligned with the hidden state at the label positions: p(+) rounds to 1.0 in bf16."""
+    item = ExampleBuilder(model.processor, 12).build(candidate_conversation("q", ["a", "b"]), _image(60, 50, 0))
+    batch = collate([item], 0)
+    with torch.no_grad():
+        hidden = model.hidden_states(batch.input_ids, batch.attention_mask, batch.pixel_values)
+        direction = hidden[batch.label_batch, batch.label_pos].mean(0)
+    return direction / direction.norm() * 200
+
+
+def _upstream_scores(model_dir, image, question, candidates):
+    """Upstream's test-time score, per candidate: one full forward of the bf16 model, softmax over
+    the full vocabulary in bf16, p(+) at the label positions, torch.mean in bf16."""
+    model = ProcessRewardModel.from_pretrained(model_dir, device="cpu", precision="bf16").eval()
+    builder = ExampleBuilder(model.processor, 12)
+    scores = []
+    with torch.no_grad():
+        for cand in candidates:
+            batch = collate([builder.build(candidate_conversation(question, split_steps(cand)), image)], 0)
+            logits = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                 pixel_values=batch.pixel_values).logits  # the stock forward
+            probs = torch.softmax(logits, dim=-1)  # bf16 in, bf16 out: no upcast
+            assert probs.dtype == torch.bfloat16
+            scores.append(torch.mean(probs[batch.label_batch, batch.label_pos, model.plus_id], dim=0).item())
+    return scores
+
+
+def test_cli_on_ties_picks_what_upstreams_rule_picks(tmp_path, main, capsys):
+    """Duplicated candidates and saturated bf16 scores tie; test.py must select as upstream's
+    ``score >= max_score`` loop does on upstream's own scores: the later candidate."""
+    x = "[Reasoning]\nStep 1: We add one.\nStep 2: That gives 2.\nAnswer: 2"
+    y = "[Reasoning]\nIt is 1.\nAnswer: 1"
+    z = "[Reasoning]\n1) add 2) get it\nAnswer: 2"
+    (tmp_path / "img").mkdir()
+    _image(60, 50, 0).save(tmp_path / "img" / "q.png")
+    question = "  What is 1 + 1?\n"  # upstream strips the question
+    records = [
+        {"id": "dup", "question": question, "image_path": "img/q.png", "candidates": [z, x, z, x],
+         "true_false": [False, True, True, True]},
+        {"id": "mixed", "question": question, "image_path": "img/q.png", "candidates": [x, y, z, y],
+         "true_false": [True, False, True, False]},
+    ]
+    path = _write(tmp_path, records)
+    sharp = _bf16_model(tmp_path, "sharp", lambda m: m.model.lm_head.weight[m.plus_id] * 30)
+    saturated = _bf16_model(tmp_path, "saturated", _saturating_row)
+    picks = {}
+    for name, model_dir in (("sharp", sharp), ("saturated", saturated)):
+        out = tmp_path / f"{name}.json"
+        rc = main(["--test_json_file", str(path), "--reward_model", str(model_dir), "--device", "cpu",
+                   "--precision", "bf16", "--output_file", str(out), "--figs_dir", str(tmp_path / "figs"),
+                   "--batch_size", "3"])
+        assert rc == 0
+        assert "softmax and mean in bfloat16" in capsys.readouterr().out
+        report = json.loads(out.read_text())
+        assert report["summary"]["scoring"]["score_dtype"] == "bfloat16"
+        image = Image.open(tmp_path / "img" / "q.png").convert("RGB")
+        for rec, q in zip(records, report["questions"]):
+            upstream = _upstream_scores(model_dir, image, question, rec["candidates"])
+            assert q["selected"]["mean"] == upstream_select(upstream), (name, q["scores"]["mean"], upstream)
+            picks[name, rec["id"]] = q["selected"]["mean"]
+            if rec["id"] == "dup":  # identical candidates, identical scores, whatever their batch
+                assert q["step_scores"][0] == q["step_scores"][2] and q["step_scores"][1] == q["step_scores"][3]
+    # the cases really are ties: the later duplicate, and the last of four saturated scores
+    assert picks["sharp", "dup"] == 2
+    assert picks["saturated", "dup"] == 3 and picks["saturated", "mixed"] == 3
+
+
+# -- 3. non-finite step scores ----------------------------------------------------------------
 GOOD = ["[Reasoning]\nStep 1: We add one.\nStep 2: That gives 2.\nAnswer: 2", "[Reasoning]\nIt is 1.\nAnswer: 1"]
 BAD = "[Reasoning]\nStep 1: We add one.\nStep 2: It gives @@ 2.\nAnswer: 2"  # "@@": in no other prompt
 
@@ -76,10 +297,6 @@ BAD = "[Reasoning]\nStep 1: We add one.\nStep 2: It gives @@ 2.\nAnswer: 2"  # "
 def nan_models(tmp_path_factory, tiny_dir):
     """Two tiny PRMs that diverged: 'all' has a NaN LM head (every score NaN); 'marked' has NaN
     embeddings for the tokens only BAD holds (in its second step), so BAD alone scores NaN."""
-    from dreamprm.prm import ProcessRewardModel
-    from dreamprm.prompt import candidate_conversation, encode_conversation
-    from dreamprm.steps import split_steps
-
     root = tmp_path_factory.mktemp("nan-models")
     model = ProcessRewardModel.from_pretrained(tiny_dir, device="cpu", precision="fp32")
     with torch.no_grad():
@@ -147,7 +364,7 @@ def test_allow_nonfinite_never_selects_them_and_writes_strict_json(tmp_path, mai
     assert curve["mean"][0] == s["pass@1"]
 
 
-# -- 2. --max_length: a 1 MB candidate ---------------------------------------------------------
+# -- 4. --max_length: a 1 MB candidate ---------------------------------------------------------
 def test_megabyte_candidate_is_truncated_in_seconds(tmp_path, main, capsys):
     short = "[Reasoning]\nStep 1: We add one.\nStep 2: That gives 2.\nAnswer: 2"
     huge_later = "[Reasoning]\nStep 1: We add one.\nStep 2: " + "and we keep adding one " * 45_000 + "\nAnswer: 2"
@@ -175,7 +392,7 @@ def test_megabyte_candidate_is_truncated_in_seconds(tmp_path, main, capsys):
     assert "note: 1 candidate could not be scored: not even the first step fits in 32768 tokens" in captured.out
 
 
-# -- 3. paths: checked before any work; figures beside the results ------------------------------
+# -- 5. paths: checked before any work; figures beside the results ------------------------------
 @pytest.mark.parametrize("case", ["folder", "under a file", "no new files there"])
 def test_unusable_output_file_is_refused_before_the_model_loads(tmp_path, main, capsys, case):
     path = _write(tmp_path, _records(tmp_path))
@@ -221,7 +438,7 @@ def test_figures_default_beside_the_results_and_an_unwritable_figs_dir_only_warn
     path = _write(tmp_path, _records(tmp_path))
     out = tmp_path / "run1" / "bestofn.json"
     assert main(_base(path, out)) == 0
-    assert (tmp_path / "run1" / "figs" / "bestofn_accuracy_vs_n.png").stat().st_size > 0
+    assert _png_size(tmp_path / "run1" / "figs" / "bestofn_accuracy_vs_n.png") == FIGURE_PIXELS
     assert _strict_load((tmp_path / "run1" / "figs" / "bestofn_accuracy_vs_n.json").read_text())["n"] == [1, 2, 3]
     capsys.readouterr()
 
@@ -233,14 +450,14 @@ def test_figures_default_beside_the_results_and_an_unwritable_figs_dir_only_warn
     err = _err_lines(captured)
     assert len(err) == 1 and err[0].startswith("warning: figure not written: ") and str(out2) in err[0]
     assert _strict_load(out2.read_text())["summary"]["n_questions"] == 2  # the results are kept
-    assert "Traceback" not in captured.err
 
 
-# -- 4. interrupts: partial results, exit 130 / 143 --------------------------------------------
+# -- 6. interrupts: partial results, exit 130 / 143 --------------------------------------------
 def _default_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background shell may have left it ignored
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_saves_partial_results(tmp_path, tiny_dir, sig, code):
     total = 600  # far more than gets scored before the signal lands
@@ -279,13 +496,9 @@ def test_interrupt_saves_partial_results(tmp_path, tiny_dir, sig, code):
     assert [q["id"] for q in report["questions"]] == [f"q{i}" for i in range(done)]
 
 
-# -- 5. model load errors, device ----------------------------------------------------------------
+# -- 7. model load errors ----------------------------------------------------------------
 @pytest.mark.parametrize("case", ["missing folder", "damaged weights"])
 def test_model_load_error_is_one_line(tmp_path, main, capsys, tiny_dir, case):
-    import shutil
-
-    from dreamprm.prm import ModelLoadError, ProcessRewardModel
-
     model = tmp_path / "model"
     if case == "damaged weights":
         shutil.copytree(tiny_dir, model)
@@ -301,26 +514,13 @@ def test_model_load_error_is_one_line(tmp_path, main, capsys, tiny_dir, case):
     assert not (tmp_path / "out.json").exists()
 
 
-def test_load_scorer_defaults_to_the_device_test_py_picks(tiny_dir, monkeypatch):
-    from dreamprm.bestofn import load_scorer
-
-    if torch.cuda.is_available():
-        scorer = load_scorer("tiny")
-        assert scorer.device.type == "cuda" and scorer.dtype == torch.bfloat16
-        return
-    assert load_scorer("tiny").device.type == "cpu"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine: cuda is asked for
-    with pytest.raises(Exception, match=r"(?i)cuda|nvidia"):
-        load_scorer("tiny")
-
-
 # -- 8. whatever a user can type: one line, no traceback ----------------------------------------
 def _cases(tmp_path):
     path = _write(tmp_path, _records(tmp_path))
     out = str(tmp_path / "out.json")
     cases = {
         "test file is a folder": (["--test_json_file", str(tmp_path), "--reward_model", "tiny", "--output_file", out],
-                                  "cannot read the test file"),
+                                  f"{tmp_path}: is a folder, not a .json or .jsonl file"),
         "unknown device": (["--test_json_file", str(path), "--device", "gpu0", "--output_file", out], "--device gpu0"),
     }
     if not torch.cuda.is_available():
@@ -329,6 +529,7 @@ def _cases(tmp_path):
     return cases
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["test file is a folder", "unknown device", "cuda without a GPU"])
 def test_user_mistakes_give_one_line_and_exit_2(tmp_path, tiny_dir, case):
     cases = _cases(tmp_path)
@@ -338,6 +539,5 @@ def test_user_mistakes_give_one_line_and_exit_2(tmp_path, tiny_dir, case):
     proc = subprocess.run([sys.executable, str(ROOT / "test.py"), "--reward_model", "tiny", *argv],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines

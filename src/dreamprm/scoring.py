@@ -1,0 +1,373 @@
+"""Best-of-N scoring: step scores p(+) for every candidate of every test question.
+
+:class:`Scorer` is efficient by construction:
+
+* a question's image is tiled and run through the vision tower **once**
+  (``ProcessRewardModel.image_features``); every candidate of that question reuses the features;
+* the token prefix all candidates of a question share (system prompt, image, question turn) is
+  run through the language model once (``ProcessRewardModel.encode_prefix``) and its key/value
+  cache is reused by every candidate (``prefix_cache=True``, the default; ``False`` runs each
+  candidate's full sequence);
+* candidates go through the language model in batches of ``batch_size`` (sorted by length to
+  keep padding small; right padding + attention mask; ``ProcessRewardModel.step_probabilities``);
+* the LM head runs at the label positions only, with the full-vocabulary softmax the method
+  defines;
+* candidates whose steps are identical are scored once, so they get identical scores whatever
+  batch or position they would have landed in.
+
+Step scores are computed as upstream's test path computes them (``score_dtype="model"``, the
+default): the softmax of the label logits in the model's dtype (bf16 for a bf16 model, with no
+upcast), and the ``mean`` aggregate in that dtype too (``dreamprm.results``). bf16 rounds scores
+near 1 to steps of ~0.004, so ties are common, and the tie rule (``dreamprm.selection``) decides
+them. ``score_dtype="fp32"`` computes softmax and mean in fp32 instead (fewer ties; not
+upstream's numbers). The scores equal the naive path (one ``ProcessRewardModel.forward`` per
+candidate with its own ``pixel_values``) to float tolerance; ``tests/test_scoring.py`` checks this.
+
+Sequence length (``max_length``, tokens; default the language model's
+``max_position_embeddings``). Every candidate is tokenised (a list of ids, no tensor) before
+anything is built for the model. A candidate longer than ``max_length`` (prompt, image tokens and
+steps) is scored over the longest prefix of its steps that fits, which gives those steps exactly
+the scores they get in the whole sequence (the model is causal); it is *truncated*. When not even
+its first step fits it is *unscorable*: it gets no step score (:class:`StepScores` says which).
+
+The evaluation loop (:func:`iter_evaluate`, :func:`evaluate`) scores test records one question at
+a time into ``dreamprm.results.question_result`` dicts. It overlaps the CPU half of a question
+(decoding the image file, tiling and normalising it: ``Scorer.prepare_image``) with the scoring
+of the previous one: a background thread prepares up to ``prefetch`` questions ahead (default 2;
+0 = serial), with identical results and errors. Non-finite step scores (NaN or inf: a diverged
+model) stop it with :class:`NonFiniteScoresError` unless ``allow_nonfinite=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_right
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from typing import Sequence
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .records import resolve_image
+from .batching import ExampleBuilder, collate, load_rgb
+from .prm import Prefix, ProcessRewardModel
+from .prompt import PromptError, candidate_conversation, encode_conversation
+from .results import question_result
+from .steps import SPLITTERS, split_steps
+
+SCORE_DTYPES = ("model", "fp32")
+
+
+class StepScores(list):
+    """What ``Scorer.score_step_lists`` returns: a list with one list of step scores per candidate,
+    plus ``n_steps``, each candidate's step count before any ``max_length`` truncation. A
+    candidate scored over fewer steps than it has is truncated; one scored over none although it
+    has steps is unscorable."""
+
+    def __init__(self, scores=(), n_steps: Sequence[int] = ()):
+        super().__init__(scores)
+        self.n_steps = list(n_steps)
+
+    @property
+    def truncated(self) -> list[int]:
+        return [i for i, (ps, n) in enumerate(zip(self, self.n_steps)) if 0 < len(ps) < n]
+
+    @property
+    def unscorable(self) -> list[int]:
+        return [i for i, (ps, n) in enumerate(zip(self, self.n_steps)) if n > 0 and not ps]
+
+
+class Scorer:
+    """Step scores p(+) for the candidates of a question, with the image encoded once.
+
+    ``max_length``: the longest token sequence (prompt + image tokens + steps) a candidate is
+    scored over; None = the model's ``max_position_embeddings`` (see the module docstring)."""
+
+    def __init__(self, prm: ProcessRewardModel, max_patch_num: int = 12, batch_size: int = 8,
+                 prefix_cache: bool = True, score_dtype: str = "model", splitter: str = "upstream",
+                 max_length: int | None = None):
+        if score_dtype not in SCORE_DTYPES:
+            raise ValueError(f"score_dtype must be one of {SCORE_DTYPES}, got {score_dtype!r}")
+        if splitter not in SPLITTERS:
+            raise ValueError(f"splitter must be one of {SPLITTERS}, got {splitter!r}")
+        if max_length is not None and int(max_length) < 1:
+            raise ValueError(f"max_length must be at least 1, got {max_length}")
+        self.prm = prm.eval()
+        self.builder = ExampleBuilder(prm.processor, max_patch_num)
+        self.batch_size = max(1, int(batch_size))
+        self.prefix_cache = bool(prefix_cache)
+        self.score_dtype = score_dtype
+        self.splitter = splitter
+        self.max_length = int(max_length) if max_length is not None else prm.max_length
+        tok = prm.processor.tokenizer
+        self.tokenizer = tok
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        # Over-long candidates are measured and truncated here, so the tokenizer's own warning
+        # ("... will result in indexing errors") would be wrong; it is one flag per tokenizer.
+        warned = getattr(tok, "deprecation_warnings", None)
+        if isinstance(warned, dict):
+            warned["sequence-length-is-longer-than-the-specified-maximum"] = True
+
+    def describe(self) -> dict:
+        """How scores are made, for the report: dtype, splitter, tie rule, length limit."""
+        dtype = str(self.dtype).replace("torch.", "")
+        how = "the model's dtype, as upstream" if self.score_dtype == "model" else "fp32 (--score_dtype fp32)"
+        return {"score_dtype": dtype, "score_dtype_source": how, "step_splitter": self.splitter,
+                "ties": "later candidate (upstream's >=)", "max_length": self.max_length}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype step scores (softmax) and the mean aggregate are computed in."""
+        return self.prm.dtype if self.score_dtype == "model" else torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        return self.prm.device
+
+    def prepare_image(self, image, pin_memory: bool = False):
+        """The CPU half of scoring a question: ``image`` (a PIL image, a path, or None for text
+        only) decoded, tiled and normalised into the (tiles, 3, T, T) pixel tensor that
+        ``score_step_lists`` takes in its place; None stays None. ``pin_memory``: in page-locked
+        memory (CUDA only) so the copy to the device can run asynchronously."""
+        if image is None or isinstance(image, torch.Tensor):
+            pv = image
+        else:
+            if isinstance(image, (str, os.PathLike)):
+                image = load_rgb(image)
+            elif isinstance(image, Image.Image):
+                image = image.convert("RGB")
+            pv = self.builder.pixel_values(image)
+        if pin_memory and pv is not None and not pv.is_pinned():
+            pv = pv.pin_memory()
+        return pv
+
+    def score_steps(self, image, question: str, steps: Sequence[str]) -> list[float]:
+        """p(+) of every step of one candidate already split into ``steps``."""
+        return self.score_step_lists(image, question, [list(steps)])[0]
+
+    def score_candidates(self, image, question: str, candidates: Sequence[str]) -> StepScores:
+        """Split every candidate into steps (``steps.split_steps`` with this scorer's splitter)
+        and score them all."""
+        return self.score_step_lists(image, question, [split_steps(c, self.splitter) for c in candidates])
+
+    def fit(self, question: str, steps: Sequence[str], num_image_tokens: int):
+        """``(encoding, kept)``: the token ids of the conversation over the first ``kept`` steps,
+        the most that fit in ``max_length`` tokens (all of them when the whole fits); ``(None, 0)``
+        when not even the first step fits. Only id lists are built, never a tensor."""
+        steps = list(steps)
+        enc = encode_conversation(self.tokenizer, candidate_conversation(question, steps), num_image_tokens)
+        limit = self.max_length
+        if limit is None or len(enc.input_ids) <= limit:
+            return enc, len(steps)
+        # Every step turn ends the same way (label, end of turn), so the conversation over the first
+        # j steps is the prefix of these ids that ends as many tokens after label j's position as
+        # the whole ends after the last label's.
+        tail = len(enc.input_ids) - enc.label_positions[-1]
+        kept = bisect_right([p + tail for p in enc.label_positions], limit)
+        while kept > 0:  # re-encoded to be sure: the ids of exactly what is scored
+            enc = encode_conversation(self.tokenizer, candidate_conversation(question, steps[:kept]), num_image_tokens)
+            if len(enc.input_ids) <= limit:
+                return enc, kept
+            kept -= 1
+        return None, 0
+
+    def score_step_lists(self, image, question: str, step_lists: Sequence[Sequence[str]]) -> StepScores:
+        """The core: ``image`` is a PIL image, a path, None (text only), or the pixel tensor
+        ``prepare_image`` made of one (then no image work is done here)."""
+        out = StepScores([[] for _ in step_lists], [len(steps) for steps in step_lists])
+        first_of: dict[tuple, int] = {}  # identical step lists are scored once
+        for i, steps in enumerate(step_lists):
+            if len(steps) > 0:
+                first_of.setdefault(tuple(steps), i)
+        todo = sorted(first_of.values())
+        if not todo:
+            return out
+        pv = self.prepare_image(image)
+        n_img = 0 if pv is None else pv.shape[0] * self.builder.tokens_per_tile
+        items = {}
+        for i in todo:
+            try:
+                enc, kept = self.fit(question, step_lists[i], n_img)
+            except PromptError as exc:
+                raise PromptError(f"candidate {i}: {exc}") from exc
+            if enc is None:
+                continue  # unscorable: not even the first step fits in max_length
+            items[i] = {"input_ids": torch.tensor(enc.input_ids, dtype=torch.long),
+                        "label_positions": torch.tensor(enc.label_positions, dtype=torch.long),
+                        "labels": torch.tensor(enc.labels, dtype=torch.float32),
+                        "pixel_values": None}  # the features are shared; never concatenate the tiles
+        todo = [i for i in todo if i in items]
+        if todo:
+            with torch.inference_mode():
+                feats = None
+                if pv is not None:
+                    feats = self.prm.image_features(pv.to(self.device, non_blocking=pv.is_pinned()))
+                prefix = None
+                if self.prefix_cache:
+                    first_label = min(int(items[i]["label_positions"].min()) for i in todo)
+                    prefix = self._encode_prefix([items[i]["input_ids"] for i in todo], feats, first_label)
+                order = sorted(todo, key=lambda i: len(items[i]["input_ids"]))
+                for start in range(0, len(order), self.batch_size):
+                    chunk = order[start : start + self.batch_size]
+                    probs = self._score_batch([items[i] for i in chunk], feats, prefix)
+                    for i, p in zip(chunk, probs):
+                        out[i] = p
+        for i, steps in enumerate(step_lists):
+            if len(steps) > 0:
+                out[i] = list(out[first_of[tuple(steps)]])
+        return out
+
+    def _encode_prefix(self, id_lists, feats, first_label: int) -> Prefix | None:
+        """Run the token prefix shared by all candidates once; None when there is none to share.
+
+        The prefix stops before the first label position, so every position whose hidden
+        state is read is computed in the (batched) suffix pass."""
+        first = id_lists[0]
+        n = len(first)
+        for ids in id_lists[1:]:
+            m = min(n, len(ids))
+            diff = (first[:m] != ids[:m]).nonzero()
+            n = int(diff[0]) if len(diff) else m
+        n = min(n, first_label)
+        if n <= 0:
+            return None
+        ids = first[:n].unsqueeze(0).to(self.device)
+        n_img = int((ids == self.prm.image_token_id).sum())
+        if feats is not None and n_img != feats.shape[0]:
+            return None  # the image is not wholly inside the shared prefix: no prefix reuse
+        return self.prm.encode_prefix(ids, feats)
+
+    def _score_batch(self, items, feats, prefix: Prefix | None) -> list[list[float]]:
+        """p(+) of every step of a batch of candidates, one list per candidate."""
+        batch = collate(items, self.pad_id)
+        label_batch = batch.label_batch.to(self.device)
+        p = self.prm.step_probabilities(
+            batch.input_ids.to(self.device),
+            batch.attention_mask.to(self.device),
+            label_batch,
+            batch.label_pos.to(self.device),
+            image_features=feats if prefix is None else None,  # with a prefix the image is in its cache
+            prefix=prefix,
+            dtype=self.dtype,
+        ).float().cpu()  # bf16 -> fp32 is exact
+        lb = label_batch.cpu()
+        return [p[lb == b].tolist() for b in range(len(items))]
+
+
+def default_device() -> str:
+    """test.py's device: cuda when available, else cpu."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_precision(device) -> str:
+    """test.py's precision: bf16 on cuda, fp32 elsewhere."""
+    return "bf16" if str(device).startswith("cuda") else "fp32"
+
+
+def load_scorer(
+    name_or_path,
+    device: str | None = None,
+    precision: str | None = None,
+    max_patch_num: int = 12,
+    batch_size: int = 8,
+    prefix_cache: bool = True,
+    score_dtype: str = "model",
+    splitter: str = "upstream",
+    max_length: int | None = None,
+) -> Scorer:
+    """Load a PRM (a folder, ``tiny`` or a hub id) and wrap it in a ``Scorer``. ``device`` and
+    ``precision`` default as test.py's do: cuda when available (else cpu), bf16 on cuda (else
+    fp32); ``max_length`` defaults to the model's ``max_position_embeddings``."""
+    device = device or default_device()
+    precision = precision or default_precision(device)
+    prm = ProcessRewardModel.from_pretrained(name_or_path, device=device, precision=precision)
+    return Scorer(prm, max_patch_num=max_patch_num, batch_size=batch_size, prefix_cache=prefix_cache,
+                  score_dtype=score_dtype, splitter=splitter, max_length=max_length)
+
+
+# -- the evaluation loop ------------------------------------------------------------------------
+def _ahead(fn, items, depth: int):
+    """``fn(item)`` for every item, in order. With ``depth`` > 0 one background thread computes up
+    to ``depth`` items ahead of the one being consumed; an exception raised by ``fn`` is raised
+    here, at its item. Close the generator to stop the thread early (pending items are dropped)."""
+    if depth <= 0:
+        yield from map(fn, items)
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bestofn-prefetch")
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
+
+
+class NonFiniteScoresError(ValueError):
+    """The PRM gave NaN or infinite step scores (a diverged model?); ``evaluate`` raises it at the
+    first such question unless ``allow_nonfinite``. ``index``: the record's position; ``qid``:
+    its id; ``count`` of ``total`` candidates were hit."""
+
+    def __init__(self, index: int, qid, count: int, total: int):
+        self.index, self.qid, self.count, self.total = index, qid, count, total
+        super().__init__(f"question {qid!r}: the reward model gave non-finite step scores (NaN or inf) to "
+                         f"{count} of {total} candidates")
+
+
+def iter_evaluate(
+    scorer: Scorer,
+    records: Sequence[dict],
+    json_path,
+    progress: bool = True,
+    prefetch: int = 2,
+    allow_nonfinite: bool = False,
+):
+    """Yield ``(question_result, candidates)`` for every record, in order, as each is scored
+    (see ``evaluate``); a caller stopped part-way keeps what it was given."""
+    pin = prefetch > 0 and torch.device(scorer.device).type == "cuda"
+
+    def prepare(rec):
+        return scorer.prepare_image(resolve_image(rec["image_path"], json_path), pin_memory=pin)
+
+    with closing(_ahead(prepare, records, prefetch)) as pixels:
+        bar = tqdm(records, desc="best-of-N", unit="question", disable=not progress)
+        try:
+            for index, (rec, pv) in enumerate(zip(bar, pixels)):
+                step_scores = scorer.score_candidates(pv, rec["question"], rec["candidates"])
+                q = question_result(rec.get("id", index), rec["true_false"], step_scores, scorer.dtype,
+                                    n_steps=getattr(step_scores, "n_steps", None))
+                if q["nonfinite"] and not allow_nonfinite:
+                    raise NonFiniteScoresError(index, q["id"], len(q["nonfinite"]), len(q["true_false"]))
+                yield q, list(rec["candidates"])
+        finally:
+            bar.close()
+
+
+def evaluate(
+    scorer: Scorer,
+    records: Sequence[dict],
+    json_path,
+    progress: bool = True,
+    prefetch: int = 2,
+    allow_nonfinite: bool = False,
+) -> tuple[list[dict], list[list[str]]]:
+    """Score every record's candidates; return the per-question results and the candidates.
+
+    While a question is scored, the images of the next ``prefetch`` questions are decoded and
+    tiled in a background thread (``Scorer.prepare_image``; pinned memory on CUDA); 0 does it
+    serially. The results are the same either way, in record order, and an unreadable image
+    raises the same exception at the same question. Non-finite step scores raise
+    ``NonFiniteScoresError`` unless ``allow_nonfinite``."""
+    questions, candidates = [], []
+    for q, cands in iter_evaluate(scorer, records, json_path, progress, prefetch, allow_nonfinite):
+        questions.append(q)
+        candidates.append(cands)
+    return questions, candidates
