@@ -3,48 +3,49 @@
     python train.py --retrain 1 ...          # cold-start SFT (lower level alone)
     python train.py --reweighting table ...  # bi-level instance reweighting (default)
 See README.md for every flag group and the output files.
+
+A thin CLI: the flags are ``dreamprm.config.TrainConfig`` (parsed by ``arguments``), the work is
+``dreamprm.trainer.Trainer``. Exit status: 0 done; 2 bad input (a flag, the data, the model, the
+output folder, a resume mismatch); 3 diverged; 128 + the signal number after SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
 import sys
 
-from arguments import FlagError, check_train_args, default_weights_path, train_parser
+from arguments import FlagError, TrainConfig, parse_train_args
 
 
-def main(argv=None) -> int:
-    args = train_parser().parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
     try:
-        check_train_args(args)
+        config = parse_train_args(argv)
     except FlagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.weights_path is None:
-        args.weights_path = default_weights_path(args)
     try:
-        return _train(args)
+        return _train(config)
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (loading data or the model)
         print("interrupted (Ctrl-C)", file=sys.stderr)
         return 130
 
 
-def _train(args) -> int:
+def _train(config: TrainConfig) -> int:
     from dreamprm.checkpoint import CheckpointError
-    from dreamprm.data import DataError
+    from dreamprm.records import DataError
     from dreamprm.prm import ModelLoadError
     from dreamprm.runfolder import RunFolderError
     from dreamprm.trainer import (ResumeMismatch, SetupError, Trainer, TrainingDiverged, TrainingInterrupted,
                                   write_figures)
 
     try:
-        trainer = Trainer(args)
+        trainer = Trainer(config)
         out = trainer.run()
     except (DataError, ModelLoadError, RunFolderError, ResumeMismatch, CheckpointError, SetupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
         print(str(exc), file=sys.stderr)
-        return exc.exit_code
+        return 128 + exc.signum
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

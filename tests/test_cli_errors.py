@@ -1,12 +1,16 @@
 """Nothing a user can type produces a Python traceback: the CLIs over a table of bad flags and
 inputs, each answered by one ``error:`` line and a non-zero status (a traceback is a bug)."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from arguments import parse_test_args, parse_train_args, test_parser, train_parser
+from dreamprm.config import FlagError, TestConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -47,6 +51,56 @@ BAD_TEST_FLAGS = [
     (["--prefetch", "-1"], "--prefetch must be 0 or more"),
     (["--max_length", "0"], "--max_length must be at least 1"),
 ]
+
+
+@pytest.mark.parametrize("parser, config_class", [(train_parser, TrainConfig), (test_parser, TestConfig)],
+                         ids=["train", "test"])
+def test_the_flags_are_the_config_fields_one_for_one(parser, config_class):
+    """Each flag is the field of the same name, with its default, choices and help; nothing else."""
+    actions = [a for a in parser()._actions if a.dest != "help"]
+    fields = dataclasses.fields(config_class)
+    assert [a.option_strings for a in actions] == [[f"--{f.name}"] for f in fields]
+    assert [a.dest for a in actions] == [f.name for f in fields]
+    assert [a.default for a in actions] == [f.default for f in fields]
+    assert [tuple(a.choices) if a.choices else None for a in actions] == [f.metadata["choices"] for f in fields]
+    assert [a.help for a in actions] == [f.metadata["help"] for f in fields]
+    assert config_class(**vars(parser().parse_args([]))) == config_class()
+
+
+def test_train_flags_keep_their_upstream_names_groups_and_forms():
+    parser = train_parser()
+    assert parser.prog == "train.py"
+    titles = [g.title for g in parser._action_groups[2:]]
+    assert titles == ["data and model paths", "bi-level optimization", "optimizer (both levels)",
+                      "lower level (PRM)", "upper level (instance weights)", "method", "system"]
+    config = parse_train_args(["--gradiant_accumulation", "2", "--gradiant_clipping", "0.5", "--retrain", "1",
+                               "--resume", "--lr", "1e-4"])
+    assert (config.gradiant_accumulation, config.gradiant_clipping, config.retrain, config.resume) == (2, 0.5, True,
+                                                                                                      True)
+    assert config.lr == 1e-4 and parse_train_args(["--retrain", "false"]).retrain is False
+    assert test_parser().prog == "test.py" and "exit status" in test_parser().epilog
+
+
+@pytest.mark.parametrize("flags, folder", [([], "table"), (["--retrain", "1"], "coldstart"),
+                                           (["--baseline"], "baseline"), (["--reweighting", "net"], "net"),
+                                           (["--reweighting", "domain"], "domain")])
+def test_each_mode_has_its_default_weights_path(flags, folder):
+    assert parse_train_args(flags).weights_path == f"./weights/{folder}"
+    assert parse_train_args([*flags, "--weights_path", "x"]).weights_path == "x"
+
+
+def test_configs_are_validated_in_one_place():
+    """The parsers and library code share TrainConfig.validate / TestConfig.validate."""
+    with pytest.raises(FlagError, match="--weights_path is not set"):
+        TrainConfig().validate()  # what the trainer calls: an output folder is required
+    TrainConfig().with_default_weights_path().validate()
+    with pytest.raises(FlagError, match="--hidden_dim must be at least 1"):
+        dataclasses.replace(TrainConfig(weights_path="w"), hidden_dim=0).validate()
+    with pytest.raises(FlagError, match="--batch_size must be at least 1"):
+        parse_train_args(["--batch_size", "0"])
+    with pytest.raises(FlagError, match="--prefetch must be 0 or more"):
+        parse_test_args(["--prefetch", "-1"])
+    assert parse_test_args(["--batch_size", "3"]) == TestConfig(batch_size=3)
 
 
 def _cli(script: str, *argv: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -91,7 +145,8 @@ def _bad_inputs(tmp: Path) -> list[tuple[str, list[str], str]]:
          "model folder not found"),
         ("train.py", [*TRAIN, "--weights_path", str(tmp / "w2"), "--train_json_file", str(tmp / "missing.json")],
          "missing.json"),
-        ("train.py", [*TRAIN, "--weights_path", str(tmp / "w3"), "--train_json_file", str(not_json)], "not valid JSON"),
+        ("train.py", [*TRAIN, "--weights_path", str(tmp / "w3"), "--train_json_file", str(not_json)],
+         "not.json:1: <json>: Expecting"),
         ("train.py", [*TRAIN, "--weights_path", str(tmp / "w4"), "--train_json_file", str(latin1)], "latin1.json"),
         ("train.py", [*TRAIN, *data, "--weights_path", str(tmp / "w5"), "--logger", "wandb"], "pip install wandb"),
         ("test.py", [*test_data, "--reward_model", str(tmp / "nope"), "--output_file", str(tmp / "o.json")],
@@ -99,7 +154,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("test.py", [*test_data, "--reward_model", "tiny", "--output_file", str(tmp)], "--output_file"),
         ("test.py", [*test_data, "--reward_model", "tiny", "--output_file", str(a_file / "o.json")], "--output_file"),
         ("test.py", ["--test_json_file", str(not_json), "--reward_model", "tiny", "--device", "cpu",
-                     "--output_file", str(tmp / "o2.json")], "not valid JSON"),
+                     "--output_file", str(tmp / "o2.json")], "not.json:1: <json>: Expecting"),
     ]
 
 
@@ -117,6 +172,7 @@ def test_bad_paths_files_and_models_are_one_line(tmp_path):
             (script, argv, done.stderr)
 
 
+@pytest.mark.slow
 def test_a_resume_into_another_runs_folder_is_one_line(tmp_path):
     """The newcomer's scenario: --resume into a folder of another --reweighting (was a size-mismatch traceback)."""
     data = ["--train_json_file", str(DATA / "train.json"), "--meta_json_file", str(DATA / "meta.json"),
@@ -127,6 +183,7 @@ def test_a_resume_into_another_runs_folder_is_one_line(tmp_path):
     assert json.loads((tmp_path / "w" / "train_args.json").read_text())["reweighting"] == "table"
 
 
+@pytest.mark.slow
 def test_bad_data_is_reported_before_the_model_loads(tmp_path):
     """A bad record and a missing model: the data error comes first (no model time spent)."""
     bad = tmp_path / "bad.json"
@@ -170,6 +227,7 @@ def test_each_mode_writes_to_its_own_folder_with_its_figures(tmp_path):
     assert not (tmp_path / "figs").exists()
 
 
+@pytest.mark.slow
 def test_an_unwritable_figure_folder_only_warns(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")

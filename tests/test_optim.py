@@ -7,7 +7,7 @@ import torch
 from betty.patch.optimizer import patch_optimizer
 from betty.patch.scheduler import patch_scheduler
 
-from arguments import train_parser
+from arguments import parse_train_args
 from dreamprm.optim import TransformersAdamW, make_optimizer, make_scheduler
 
 
@@ -93,9 +93,9 @@ def test_make_optimizer_defaults_and_bettys_rebuild_keep_the_settings():
 
 
 def test_train_flags_default_to_the_public_codes_optimizer():
-    args = train_parser().parse_args([])
-    assert args.optimizer == "adamw_hf" and args.adam_epsilon is None
-    assert train_parser().parse_args(["--scheduler_type", "step_lr"]).scheduler_type == "step_lr"
+    config = parse_train_args([])
+    assert config.optimizer == "adamw_hf" and config.adam_epsilon is None
+    assert parse_train_args(["--scheduler_type", "step_lr"]).scheduler_type == "step_lr"
 
 
 def _lrs(sched, opt, n):
@@ -131,3 +131,10 @@ def test_cosine_warmup_is_the_unrounded_share_of_the_steps_as_upstream():
     assert ours[1] == pytest.approx(1 / 1.5)
     rebuilt = patch_scheduler(make_scheduler(ours_opt, "cosine_schedule_with_warmup", 30, 0.05, 1, 1.0), ours_opt)
     assert isinstance(rebuilt, torch.optim.lr_scheduler.LambdaLR)
+
+
+def test_the_flag_choices_are_the_optimizers_and_schedules_this_module_builds():
+    from dreamprm import config, optim
+
+    assert config.OPTIMIZERS == optim.OPTIMIZERS
+    assert set(config.SCHEDULER_CHOICES) == set(optim.SCHEDULERS) | set(optim.SCHEDULER_ALIASES)

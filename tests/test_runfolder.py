@@ -15,7 +15,7 @@ import pytest
 from safetensors.torch import load_file
 
 import train
-from arguments import train_parser
+from arguments import parse_train_args
 from dreamprm.runfolder import RunFolder, RunFolderError
 from dreamprm.trainer import Trainer, TrainingInterrupted
 
@@ -31,14 +31,14 @@ def _argv(weights: Path, *extra: str, train_file: Path = DATA / "train.json") ->
 
 def _interrupt_at(weights: Path, stop: int, *extra: str, signals: int = 1, **kw) -> TrainingInterrupted:
     """Run in-process and deliver SIGTERM ``signals`` times during iteration ``stop``."""
-    trainer = Trainer(train_parser().parse_args(_argv(weights, *extra, **kw)))
+    trainer = Trainer(parse_train_args(_argv(weights, *extra, **kw)))
     inner = trainer.engine.on_iteration
 
-    def on_iteration(it):
+    def on_iteration(it, stats):
         if it == stop:
             for _ in range(signals):
                 trainer._handle_signal(signal.SIGTERM, None)
-        return inner(it)
+        return inner(it, stats)
 
     trainer.engine.on_iteration = on_iteration
     with pytest.raises(TrainingInterrupted) as info:
@@ -55,6 +55,7 @@ def _iterations(weights: Path) -> list[int]:
     return [json.loads(line)["iteration"] for line in (weights / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_reused_weights_path_never_loses_a_run(tmp_path, tiny_dir, capsys):
     """Run A, then run B (another seed) in the same folder, stopped by SIGTERM at iteration 1."""
     w = tmp_path / "w"
@@ -144,6 +145,7 @@ def test_resume_maps_table_weights_by_id_not_position(tmp_path, tiny_dir):
     assert other == same
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_locked_folder_is_refused(tmp_path, tiny_dir):
     w = tmp_path / "w"
     holder = RunFolder(w).open()
@@ -219,7 +221,7 @@ def test_symlinks_in_the_folder_are_never_followed(tmp_path, tiny_dir):
     linked.mkdir()
     (linked / "checkpoints").symlink_to(outside, target_is_directory=True)
     with pytest.raises(Exception, match="symbolic link"):
-        Trainer(train_parser().parse_args(_argv(linked, "--iteration_num", "1"))).run()
+        Trainer(parse_train_args(_argv(linked, "--iteration_num", "1"))).run()
     assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]
 
 
@@ -322,13 +324,13 @@ def test_a_diverging_run_never_writes_non_finite_tensors(tmp_path, tiny_dir, cap
 
 def test_a_second_sigterm_stops_at_once_with_143(tmp_path, tiny_dir):
     stop = _interrupt_at(tmp_path / "w", 2, "--iteration_num", "4", "--save_every_iterations", "4", signals=2)
-    assert stop.exit_code == 128 + signal.SIGTERM
+    assert stop.signum == signal.SIGTERM  # train.py exits 128 + signum
     assert "received again: stopped at once" in str(stop) and "no checkpoint was written" in str(stop)
 
 
 def test_checkpoints_are_written_every_1000_iterations_by_default():
     """The public code saved every iteration (gigabytes per iteration at 1B parameters)."""
-    assert train_parser().parse_args([]).save_every_iterations == 1000
+    assert parse_train_args([]).save_every_iterations == 1000
 
 
 def test_a_symlinked_weights_path_is_the_users_choice_of_place(tmp_path, tiny_dir):

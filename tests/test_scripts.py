@@ -39,6 +39,7 @@ def needs_venv():
         pytest.skip("no .venv here (make setup): finding it is what this test checks")
 
 
+@pytest.mark.slow
 def test_run_table_from_another_folder_with_no_venv_active(tmp_path, tiny_dir):
     """README's CPU example, from a temporary folder: the venv is found, the sample data stand in
     for the unprepared paper data, and the relative --weights_path lands in the caller's folder."""
@@ -58,6 +59,7 @@ def test_run_table_from_another_folder_with_no_venv_active(tmp_path, tiny_dir):
     assert not (ROOT / "wt").exists()
 
 
+@pytest.mark.slow
 def test_run_coldstart_reads_and_writes_relative_to_the_caller(tmp_path, tiny_dir):
     """A user's own data at a relative path, read from the caller's folder (the old scripts `cd`
     to the repository, where mydata/ does not exist)."""

@@ -1,6 +1,7 @@
 """train.py on the tiny model, CPU: every mode learns, outputs reload, the bi-level step is right."""
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -14,12 +15,13 @@ from betty.configs import Config, EngineConfig
 from torch.func import functional_call
 
 import train
-from arguments import train_parser
-from dreamprm.data import load_records
-from dreamprm.examples import BatchStream, ConversationDataset, ExampleBuilder, collate
+from arguments import parse_train_args, train_parser
+from dreamprm.records import load_records
+from dreamprm.batching import BatchStream, ConversationDataset, ExampleBuilder, collate
 from dreamprm.losses import instance_losses, meta_loss
 from dreamprm.prm import ProcessRewardModel
 from dreamprm.problems import IterationEngine, LowerProblem, UpperProblem
+from dreamprm.config import TrainConfig
 from dreamprm.trainer import Trainer, write_figures
 from dreamprm.weighting import DomainTable, WeightTable
 
@@ -28,7 +30,7 @@ DATA = ROOT / "data"
 
 
 def _args(tmp_path, *extra):
-    return train_parser().parse_args([
+    return parse_train_args([
         "--reward_model", "tiny", "--device", "cpu", "--precision", "fp32", "--no_progress",
         "--train_json_file", str(DATA / "train.json"), "--meta_json_file", str(DATA / "meta.json"),
         "--weights_path", str(tmp_path / "w"), "--figs_dir", str(tmp_path / "figs"),
@@ -116,6 +118,17 @@ def test_saved_folder_reloads_with_the_same_step_probabilities(tmp_path, tiny_di
     assert all(p.stat().st_size > 10_000 for p in figs)
 
 
+def test_train_args_json_round_trips_into_the_config_used(tmp_path, tiny_dir):
+    """train_args.json holds every flag under its own name and reads back as the run's TrainConfig."""
+    config = _args(tmp_path, "--iteration_num", "1", "--save_every_iterations", "1", "--reweighting", "net",
+                   "--adam_epsilon", "1e-7", "--retrain", "0", "--detach_net_input")
+    Trainer(config).run()
+    saved = json.loads((tmp_path / "w" / "train_args.json").read_text())
+    assert list(saved) == [f.name for f in dataclasses.fields(TrainConfig)]
+    assert list(saved) == [a.dest for a in train_parser()._actions if a.dest != "help"]
+    assert TrainConfig(**saved) == config
+
+
 class _CapturingUpper(UpperProblem):
     def grad_callback(self):
         self.captured = [p.grad.detach().clone() for p in self.trainable_parameters()]
@@ -158,9 +171,18 @@ def test_engine_hypergradient_matches_the_exact_unrolled_one(tiny_dir):
                        torch.optim.SGD(prm.parameters(), lr=lr), None, BatchStream(train_set, 4, 3, 0))
     up = _CapturingUpper("upper", Config(type="darts", retain_graph=True, precision="fp32"), table,
                          torch.optim.SGD(table.parameters(), lr=0.0), None, BatchStream(meta_set, 2, 4, 0))
-    engine = IterationEngine([up, low], EngineConfig(train_iters=1, valid_step=1, strategy="cpu"),
-                             {"l2u": {low: [up]}, "u2l": {up: [low]}}, on_iteration=lambda it: True)
+    returned = []
+    engine = IterationEngine([up, low], EngineConfig(train_iters=1, strategy="cpu"),
+                             {"l2u": {low: [up]}, "u2l": {up: [low]}},
+                             on_iteration=lambda it, stats: returned.append((it, stats)))
     engine.run()
+    # the stats of the iteration come back from the problems, which then hold none
+    [(it, stats)] = returned
+    assert it == 1 and set(stats) == {"lower", "upper"}
+    assert {"lower_loss", "weight_mean", "instance_index"} <= set(stats["lower"])
+    assert set(stats["upper"]) == {"meta_loss", "meta_lr"}
+    assert low.take_stats() == {} and up.take_stats() == {}
+    assert low.state_dict()["count"] == up.state_dict()["count"] == 1
     darts = up.captured[0]
     assert exact.abs().max() > 0
     assert (exact - exact.mean()).abs().max() > 0.1 * exact.abs().mean()  # instances differ
@@ -192,28 +214,33 @@ def _small_bilevel_setup(tiny_dir, kind):
 
 def _two_iterations(setup, graph_free=True, compile_layers=False):
     """Two engine iterations from copies of ``setup``: the upper gradients, the PRM and weight
-    states afterwards, and per PRM forward whether an autograd graph was recorded."""
+    states afterwards, and per PRM forward whether an autograd graph was recorded.
+    ``graph_free=False`` runs bench/reference.py's lower problem, whose darts passes record one."""
+    from bench.reference import GraphRecordingLowerProblem
+
     prm0, weights0, train_set, meta_set = setup
     prm, weights = copy.deepcopy(prm0), copy.deepcopy(weights0)
     if compile_layers:
         prm.compile_layers()
-    low = LowerProblem("lower", Config(type="darts", precision="fp32"), prm,
-                       torch.optim.SGD(prm.parameters(), lr=1e-3), None, BatchStream(train_set, 4, 3, 0),
-                       graph_free_perturbation=graph_free)
+    lower_class = LowerProblem if graph_free else GraphRecordingLowerProblem
+    low = lower_class("lower", Config(type="darts", precision="fp32"), prm,
+                      torch.optim.SGD(prm.parameters(), lr=1e-3), None, BatchStream(train_set, 4, 3, 0))
     up = _CapturingUpper("upper", Config(type="darts", retain_graph=True, precision="fp32"), weights,
                          torch.optim.SGD(weights.parameters(), lr=0.1), None, BatchStream(meta_set, 2, 4, 0))
     engine = IterationEngine([up, low], EngineConfig(train_iters=2, valid_step=1, strategy="cpu"),
-                             {"l2u": {low: [up]}, "u2l": {up: [low]}}, on_iteration=lambda it: True)
+                             {"l2u": {low: [up]}, "u2l": {up: [low]}}, on_iteration=lambda *_: True)
     recorded = []
     prm.register_forward_hook(lambda *_: recorded.append(torch.is_grad_enabled()))
     engine.run()
+    assert low._pending is None  # neither class keeps a pass's graph past the iteration
     return up.captured, prm.state_dict(), weights.state_dict(), recorded
 
 
 @pytest.mark.parametrize("kind", ["table", "domain", "net"])
 def test_graph_free_perturbation_passes_leave_the_hypergradient_bit_identical(tiny_dir, kind):
-    """The darts passes without a PRM autograd graph give exactly the upper gradient and update
-    that the passes with the graph give (the default is graph-free; this proves it is only faster)."""
+    """The darts passes without a PRM autograd graph (LowerProblem, the only production path)
+    give exactly the upper gradient and update that passes with the graph give (bench/reference.py's
+    GraphRecordingLowerProblem): graph-free passes are only cheaper."""
     setup = _small_bilevel_setup(tiny_dir, kind)
     grads_free, prm_free, w_free, rec_free = _two_iterations(setup, graph_free=True)
     grads_graph, prm_graph, w_graph, rec_graph = _two_iterations(setup, graph_free=False)
@@ -229,6 +256,7 @@ def test_graph_free_perturbation_passes_leave_the_hypergradient_bit_identical(ti
         assert torch.equal(prm_free[k], prm_graph[k]), k
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="inductor needs a C compiler on CPU")
 def test_compiled_layers_see_the_darts_perturbations(tiny_dir):
     """--compile keeps the PRM's weights graph inputs: the darts passes at θ ± εv (in-place
@@ -300,6 +328,7 @@ SCRIPT_SETTINGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SCRIPT_SETTINGS))
 def test_run_scripts_carry_their_settings_and_pass_extra_arguments_through(tmp_path, tiny_dir, script):
     out = tmp_path / "out"

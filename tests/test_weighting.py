@@ -93,3 +93,13 @@ def test_log_odds_meta_loss_is_dreamprms_sigmoid_of_the_mean_log_odds():
     preds = [1 / (1 + math.exp(-sum(math.log(x / (1 - x)) for x in row) / len(row))) for row in p]
     expected = sum((a - b) ** 2 for a, b in zip(preds, correct)) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_flag_choices_are_the_weight_models_and_activations_defined_here():
+    from dreamprm import aggregation, config, weighting
+
+    assert config.ACTIVATIONS == weighting.ACTIVATIONS
+    assert config.REWEIGHTINGS == tuple(weighting.DEFAULT_ACTIVATION)
+    assert config.AGGREGATIONS == aggregation.AGGREGATIONS
+    with pytest.raises(TypeError):  # the options are keyword-only: no silent mix-up of positions
+        build_weight_model("table", ["a"], ["d"], "Clip")

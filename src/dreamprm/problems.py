@@ -6,9 +6,10 @@ gradient reaches the weights through Betty's ``darts`` hypergradient, which re-r
 ``training_step`` with the PRM perturbed along the meta gradient.
 
 Those two perturbation passes only ever differentiate with respect to the weight model, whose
-output depends on the PRM's step outputs as *values*; so by default they run the PRM without
-recording an autograd graph (``graph_free_perturbation``). The hypergradient is bit-identical
-(``tests/test_trainer.py``); the passes just stop holding a full set of activations.
+output depends on the PRM's step outputs as *values*; so they run the PRM without recording an
+autograd graph. The hypergradient is bit-identical to that of passes that record one
+(``tests/test_trainer.py`` against ``bench/reference.py``); the passes just stop holding a full
+set of activations.
 
 Every update of either level is guarded: a step whose loss or gradient is not finite is
 skipped and counted, and the parameters are checked after each step (``params_finite``).
@@ -19,6 +20,11 @@ counts) without touching the PRM.
 
 Everything a problem needs is passed when it is built; problems see each other only through
 the attributes Betty sets (``self.upper`` on the lower problem, ``self.lower`` on the upper).
+
+The contract with the trainer: after every iteration ``IterationEngine`` hands each problem's
+``take_stats()`` to ``on_iteration(it, stats)``; a problem's checkpointable state is its
+``state_dict()`` / ``load_state_dict()``. This module is the adapter to Betty: it is the only
+one that may touch Betty's internals (such as the private step counter ``_count``).
 """
 
 from __future__ import annotations
@@ -79,12 +85,36 @@ class _GuardedProblem(ImplicitProblem):
         super().__init__(name, config, module, optimizer, scheduler, train_data_loader=None)
         self.stream = stream
         self.autocast = autocast
-        self.stats: dict = {}
+        self._stats: dict = {}  # the latest step's numbers, until take_stats() hands them over
         self.skipped_updates = 0
         self.bad_in_a_row = 0
         self.last_update_skipped = False
         self.params_finite = True
         self._loss_finite = True
+
+    def take_stats(self) -> dict:
+        """The numbers of this problem's latest step (empty if it did not step since the last call)."""
+        stats, self._stats = self._stats, {}
+        return stats
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of this problem, besides its module (whose weights are saved as
+        safetensors): optimizer, scheduler, Betty's step counter and the skipped-update count.
+        Betty's own ``Problem.state_dict`` holds the module as well; nothing in Betty calls it."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "count": self._count,  # Betty's local step: unrolling and accumulation are counted on it
+            "skipped_updates": self.skipped_updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()``'s output; KeyError/ValueError/TypeError/RuntimeError if it does not fit."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self._count = int(state["count"])
+        self.skipped_updates = int(state["skipped_updates"])
 
     def get_batch(self):
         return self.stream.next().to(self.device, non_blocking=True)
@@ -120,16 +150,15 @@ class _GuardedProblem(ImplicitProblem):
 class LowerProblem(_GuardedProblem):
     """The PRM, trained on instance-weighted step cross-entropy (or MSE)."""
 
-    def __init__(self, name, config, module, optimizer, scheduler, stream, lower_loss="ce",
-                 graph_free_perturbation=True, autocast=True):
+    def __init__(self, name, config, module, optimizer, scheduler, stream, lower_loss="ce", autocast=True):
         super().__init__(name, config, module, optimizer, scheduler, stream, autocast)
         self.lower_loss = lower_loss
-        self.graph_free_perturbation = graph_free_perturbation
         self._own_step = False  # True inside get_loss; otherwise darts is calling at a perturbed PRM
+        self._pending = None  # (losses, weights, weighted, index) of the unperturbed pass, until get_loss reads it
 
     def training_step(self, batch):
-        record_graph = self._own_step or not self.graph_free_perturbation
-        with torch.set_grad_enabled(torch.is_grad_enabled() and record_graph):
+        # only the lower step's own pass needs the PRM's graph; darts' perturbation passes do not
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self._own_step):
             steps = self.module(**batch.model_inputs())
             n = batch.index.shape[0]
             losses = instance_losses(steps, batch.labels, n, self.lower_loss)
@@ -152,7 +181,7 @@ class LowerProblem(_GuardedProblem):
         losses, weights, weighted, index = self._pending  # from this (unperturbed) pass
         self._pending = None
         w = weights.detach().float()
-        self.stats = {
+        self._stats = {
             "lower_loss": float(losses.detach().mean()),
             "weighted_loss": float(weighted.detach()),
             "weight_min": float(w.min()),
@@ -180,39 +209,68 @@ class UpperProblem(_GuardedProblem):
 
     def get_loss(self, batch):
         loss, loss_dict = super().get_loss(batch)
-        self.stats = {"meta_loss": loss_dict["loss"], "meta_lr": self.optimizer.param_groups[0]["lr"]}
+        self._stats = {"meta_loss": loss_dict["loss"], "meta_lr": self.optimizer.param_groups[0]["lr"]}
         return loss, loss_dict
 
 
-def problem_config(args, upper: bool) -> Config:
+def problem_config(*, upper: bool, unroll_steps: int = 1, gradient_accumulation: int = 1,
+                   gradient_clipping: float = 0.0, precision: str = "fp32", darts_alpha: float = 0.01) -> Config:
+    """Betty's per-problem config; the upper problem keeps its meta-loss graph for the hypergradient."""
     return Config(
         type="finite_darts",
-        unroll_steps=args.unroll_steps,
-        gradient_accumulation=args.gradiant_accumulation,
-        gradient_clipping=args.gradiant_clipping,
-        precision=args.precision,
+        unroll_steps=unroll_steps,
+        gradient_accumulation=gradient_accumulation,
+        gradient_clipping=gradient_clipping,
+        precision=precision,
         retain_graph=upper,
-        darts_alpha=args.darts_alpha,
+        darts_alpha=darts_alpha,
     )
+
+
+# One bi-level iteration, as IterationEngine.run drives Betty 0.2.1 (betty/engine.py,
+# betty/problems/problem.py, betty/hypergradient/darts.py); one lower and one upper problem, the
+# lower the only leaf:
+#
+#   Engine.train_step -> lower.step -> Problem.step_normal:
+#   1. lower: _count += 1; one_step_descent: get_batch (training stream, kept as cur_batch) ->
+#      get_loss -> training_step_exec (step autocast) -> training_step: PRM forward, weights =
+#      self.upper(...) (the weight model), weighted loss; backward into the PRM only; every
+#      gradient_accumulation steps optimizer_step (the guard: clip, skip a non-finite update,
+#      step, check the parameters) and zero_grad; then scheduler.step.
+#   2. when lower._count is a multiple of unroll_steps * gradient_accumulation, upper.step_normal:
+#      _count += 1; get_batch (meta stream) -> get_loss -> training_step: PRM forward on the meta
+#      CoTs (self.lower(...)), meta loss; backward: the direct gradient (None: the meta loss does
+#      not see the weight model), then get_grads along the path upper -> lower -> upper:
+#      v = d meta loss / d PRM, and finite_darts(v, lower, upper) (darts unless v is not finite):
+#        PRM += eps·v (eps = darts_alpha / |v|); lower.training_step_exec(cur_batch), the first
+#        perturbation pass, its gradient w.r.t. the weight model set as -g+ / 2eps;
+#        PRM -= 2eps·v; lower.training_step_exec(cur_batch), the second pass, + g- / 2eps added;
+#        PRM += eps·v (back, up to rounding).
+#      Then the upper optimizer_step (the guard), zero_grad, scheduler.step.
+#   3. lower.step_after_roll_back, with --rollback only: the PRM and its optimizer go back to the
+#      state cached at the start of the unroll (cache_states), and one_step_descent runs again on
+#      cur_batch with the updated weights, then scheduler.step.
+#   Then on_iteration(it, {problem name: problem.take_stats()}).
 
 
 class IterationEngine(Engine):
     """Betty's engine, run one iteration at a time so the trainer can log, save and stop.
 
-    ``on_iteration(it)`` is called after every iteration; returning False stops the run.
-    ``start_iteration`` lets a resumed run continue where its checkpoint left off.
+    ``on_iteration(it, stats)`` is called after every iteration with ``{problem name: that
+    problem's take_stats()}``; returning False stops the run. ``run(start_iteration)`` lets a
+    resumed run continue where its checkpoint left off. It never runs Betty's validation.
     """
 
-    def __init__(self, problems, config: EngineConfig, dependencies, on_iteration, start_iteration: int = 0):
+    def __init__(self, problems, config: EngineConfig, dependencies, on_iteration=None):
         self.on_iteration = on_iteration
-        self.start_iteration = start_iteration
         super().__init__(problems=problems, config=config, dependencies=dependencies)
 
-    def run(self):
+    def run(self, start_iteration: int = 0):
         self.train()
-        for it in range(self.start_iteration + 1, self.train_iters + 1):
+        for it in range(start_iteration + 1, self.train_iters + 1):
             self.global_step = it
             self.train_step()
-            if self.on_iteration(it) is False:
+            stats = {problem.name: problem.take_stats() for problem in self.problems}
+            if self.on_iteration is not None and self.on_iteration(it, stats) is False:
                 break
         self.cleanup()

@@ -1,4 +1,4 @@
-"""One training run: build data, PRM, weight model, Betty problems; run; write the outputs.
+"""One training run (a ``TrainConfig``): data, PRM, weight model, Betty problems; run; outputs.
 
 Outputs in ``--weights_path`` (every ``--save_every_iterations`` and at the end):
 the PRM + processor (safetensors, loadable by ``from_pretrained``), ``instance_weights.json``,
@@ -9,6 +9,7 @@ run unless ``--resume``/``--overwrite``); nothing non-finite is ever exported or
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -28,12 +29,14 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, read_run_config,
                          read_trainer_state, save_checkpoint, verify_checkpoint)
-from .data import load_records, plural
-from .examples import BatchStream, ConversationDataset, ExampleBuilder, drop_overlong
+from .config import TrainConfig
+from .records import load_records, plural
+from .batching import BatchStream, ConversationDataset, ExampleBuilder, drop_overlong
+from .jsonio import atomic_write_text, write_json
 from .optim import make_optimizer, make_scheduler
 from .prm import ProcessRewardModel
 from .problems import IterationEngine, LowerProblem, UpperProblem, all_finite, problem_config
-from .runfolder import EXPORT_MANIFEST, RunFolder, RunFolderError, atomic_write_json, atomic_write_text, open_append
+from .runfolder import EXPORT_MANIFEST, RunFolder, RunFolderError, open_append
 from .weighting import build_weight_model
 
 STAGES = {"table": "Instance Table", "net": "Instance Net", "domain": "Domain Table"}
@@ -51,11 +54,11 @@ def quiet_libraries() -> None:
 
 
 class TrainingInterrupted(RuntimeError):
-    """SIGTERM/SIGINT: a checkpoint was saved (or, on a second signal, the last one stands)."""
+    """SIGTERM/SIGINT (``signum``): a checkpoint was saved (or, on a second signal, the last one stands)."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
-        self.exit_code = 128 + signum
+        self.signum = signum
 
 
 class TrainingDiverged(RuntimeError):
@@ -85,12 +88,6 @@ def check_logger(name: str) -> None:
         raise SetupError(f"--logger {name} needs the {package} package: {sys.executable} -m pip install {package}")
 
 
-def context_length(model: torch.nn.Module) -> int:
-    """The language model's context (``max_position_embeddings``): the default ``--max_length``."""
-    text = model.config.get_text_config()
-    return int(getattr(text, "max_position_embeddings", None) or 32768)
-
-
 def model_signature(model: torch.nn.Module) -> str:
     """A hash of the parameter names and shapes: equal for checkpoints of one architecture."""
     shapes = sorted((name, list(p.shape)) for name, p in model.named_parameters())
@@ -98,121 +95,148 @@ def model_signature(model: torch.nn.Module) -> str:
 
 
 class Trainer:
-    def __init__(self, args):
-        if args.weights_path is None:
-            raise ValueError("Trainer needs args.weights_path (train.py fills in its per-mode default)")
-        self.args = args
-        self.out = Path(args.weights_path)
-        self.bilevel = not (args.baseline or args.retrain)
-        self.device = args.device
+    """One run of ``train.py``, built from a ``TrainConfig``: ``run()`` trains and writes the outputs.
+
+    Building it takes the output folder (locked), loads and checks the data, then the model, and
+    sets up the weight model, both Betty problems and the engine."""
+
+    def __init__(self, config: TrainConfig):
+        config.validate()
+        self.config = config
+        self.out = Path(config.weights_path)
+        self.bilevel = config.bilevel
+        self.device = config.device
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise SetupError("--device cuda but no CUDA device is visible; use --device cpu --precision fp32")
-        check_logger(args.logger)
+        check_logger(config.logger)
+        # What the training loop keeps between iterations (run() and _on_iteration fill it in).
+        self.net_seen: dict[str, dict] = {}  # Instance Net: the weight each seen id got, and when
+        self.metrics_file = None
+        self.bar = None
+        self._signal = None  # the signal received, once one is
+        self._last_time = 0.0
+        self._last_meta = None  # the latest meta loss, for the progress bar
         self.folder = RunFolder(self.out).open()
         try:
-            self._build()
+            quiet_libraries()
+            set_seed(config.seed)
+            self.resume_point = self._find_resume_point() if config.resume else None
+            self.replace_previous = self._replaces_previous_run()  # removed in run(), once all has loaded
+            self.folder.clean_temporaries()
+
+            # Data first: a bad record is reported before the (slow) model load.
+            train_records, report = load_records(config.train_json_file, "train", skip_bad=config.skip_bad_records)
+            print(report.summary())
+            meta_records = meta_report = None
+            if self.bilevel:
+                meta_records, meta_report = load_records(config.meta_json_file, "meta",
+                                                         skip_bad=config.skip_bad_records)
+                print(meta_report.summary())
+
+            self.prm = self._load_prm()
+            builder = ExampleBuilder(self.prm.processor, config.max_patch_num)
+            train_records = self._drop_overlong(train_records, report, config.train_json_file, builder, "train")
+            if meta_records is not None:
+                meta_records = self._drop_overlong(meta_records, meta_report, config.meta_json_file, builder, "meta")
+            if self.resume_point is not None:
+                train_records = self._match_checkpoint(train_records, meta_records)
+
+            pad_id = self.prm.processor.tokenizer.pad_token_id or 0
+            pin = self.device.startswith("cuda")
+            workers = config.num_workers
+            if workers is None:  # decode and tile off the training loop's thread on a GPU machine
+                workers = min(4, max((os.cpu_count() or 1) - 1, 0)) if pin else 0
+            self.train_set = ConversationDataset(train_records, config.train_json_file, builder)
+            self.train_stream = BatchStream(self.train_set, config.batch_size, config.seed, pad_id, workers, pin)
+            self.meta_stream = self.meta_size = None
+            if self.bilevel:
+                meta_set = ConversationDataset(meta_records, config.meta_json_file, builder,
+                                               domains=self.train_set.domains)
+                self.meta_size = len(meta_set)
+                self.meta_stream = BatchStream(meta_set, config.meta_batch_size, config.seed + 1, pad_id, workers,
+                                               pin)
+            self.weight_model = self._build_weight_model() if self.bilevel else None
+
+            self.lower = self._lower_problem()
+            self.upper = self._upper_problem() if self.bilevel else None
+            self.engine = self._build_engine()
         except BaseException:
             self.folder.close()
             raise
 
-    def _build(self) -> None:
-        args = self.args
-        quiet_libraries()
-        set_seed(args.seed)
-        self.replace_previous = False
-        self.resume_point = self._find_resume_point() if args.resume else None
-        if not args.resume and (previous := self.folder.previous_run()):
-            if not args.overwrite:
-                raise RunFolderError(
-                    f"--weights_path {self.out} holds another run ({previous}); pass --resume to continue it, "
-                    "--overwrite to replace it, or choose another folder")
-            self.replace_previous = True  # removed in run(), once data and model have loaded
-        self.folder.clean_temporaries()
-
-        # Data first: a bad record is reported before the (slow) model load.
-        train_records, report = load_records(args.train_json_file, "train", skip_bad=args.skip_bad_records)
-        print(report.summary())
-        meta_records = meta_report = None
-        if self.bilevel:
-            meta_records, meta_report = load_records(args.meta_json_file, "meta", skip_bad=args.skip_bad_records)
-            print(meta_report.summary())
-
-        self.prm = ProcessRewardModel.from_pretrained(
-            args.reward_model, device=self.device, precision=args.precision,
-            attn_implementation=args.attn_implementation,
-        )
-        if args.gradient_checkpointing:
-            model = self.prm.model
-            if hasattr(model, "activation_checkpointing_enable"):  # its name since transformers 5.x
-                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.prm.model.config.use_cache = False
-        if args.compile:
-            self.prm.compile_layers()
-        builder = ExampleBuilder(self.prm.processor, args.max_patch_num)
-        train_records = self._drop_overlong(train_records, report, args.train_json_file, builder, "train")
-        if meta_records is not None:
-            meta_records = self._drop_overlong(meta_records, meta_report, args.meta_json_file, builder, "meta")
-        if self.resume_point is not None:
-            train_records = self._match_checkpoint(train_records, meta_records)
-
-        pad_id = self.prm.processor.tokenizer.pad_token_id or 0
-        pin = self.device.startswith("cuda")
-        workers = args.num_workers
-        if workers is None:  # decode and tile off the training loop's thread on a GPU machine
-            workers = min(4, max((os.cpu_count() or 1) - 1, 0)) if pin else 0
-        self.train_set = ConversationDataset(train_records, args.train_json_file, builder)
-        self.train_stream = BatchStream(self.train_set, args.batch_size, args.seed, pad_id, workers, pin)
-
-        self.weight_model = None
-        self.meta_stream = None
-        self.meta_size = None
-        if self.bilevel:
-            meta_set = ConversationDataset(meta_records, args.meta_json_file, builder, domains=self.train_set.domains)
-            self.meta_size = len(meta_set)
-            self.meta_stream = BatchStream(meta_set, args.meta_batch_size, args.seed + 1, pad_id, workers, pin)
-            self.weight_model = build_weight_model(
-                args.reweighting, self.train_set.ids, self.train_set.domains, args.activation_function,
-                args.initialization, args.hidden_dim, args.detach_net_input)
-            self.weight_model.to(self.device)
-        self.net_seen: dict[str, dict] = {}
-        self.metrics_file = None
-        self._signal = None
-        self.engine = self._build_engine()
-
     # -- construction --------------------------------------------------------------------
+    def _replaces_previous_run(self) -> bool:
+        """Whether this run replaces another run's files (--overwrite); without --resume or
+        --overwrite a folder holding another run is refused."""
+        if self.config.resume or not (previous := self.folder.previous_run()):
+            return False
+        if not self.config.overwrite:
+            raise RunFolderError(
+                f"--weights_path {self.out} holds another run ({previous}); pass --resume to continue it, "
+                "--overwrite to replace it, or choose another folder")
+        return True
+
+    def _load_prm(self) -> ProcessRewardModel:
+        c = self.config
+        prm = ProcessRewardModel.from_pretrained(c.reward_model, device=self.device, precision=c.precision,
+                                                 attn_implementation=c.attn_implementation)
+        if c.gradient_checkpointing:
+            prm.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        prm.model.config.use_cache = False
+        if c.compile:
+            prm.compile_layers()
+        return prm
+
+    def _build_weight_model(self) -> torch.nn.Module:
+        c = self.config
+        model = build_weight_model(c.reweighting, self.train_set.ids, self.train_set.domains,
+                                   activation=c.activation_function, initialization=c.initialization,
+                                   hidden_dim=c.hidden_dim, detach_net_input=c.detach_net_input)
+        return model.to(self.device)
+
+    def _problem_config(self, upper: bool):
+        c = self.config
+        return problem_config(upper=upper, unroll_steps=c.unroll_steps, gradient_accumulation=c.gradiant_accumulation,
+                              gradient_clipping=c.gradiant_clipping, precision=c.precision,
+                              darts_alpha=c.darts_alpha)
+
+    def _lower_problem(self) -> LowerProblem:
+        c = self.config
+        optimizer = make_optimizer(self.prm.parameters(), c.optimizer, c.lr, c.weight_decay, c.momentum,
+                                   c.adam_epsilon, self.device)
+        scheduler = make_scheduler(optimizer, c.scheduler_type, c.iteration_num, c.warmup_ratio,
+                                   c.scheduler_step_size, c.scheduler_gamma)
+        return LowerProblem("lower", self._problem_config(upper=False), self.prm, optimizer, scheduler,
+                            self.train_stream, c.lower_loss, autocast=not c.no_autocast)
+
+    def _upper_problem(self) -> UpperProblem:
+        c = self.config
+        upper_steps = max(c.iteration_num // (c.unroll_steps * c.gradiant_accumulation), 1)
+        optimizer = make_optimizer(self.weight_model.parameters(), c.optimizer, c.meta_lr, c.meta_weight_decay,
+                                   c.meta_momentum, c.adam_epsilon, self.device)
+        scheduler = make_scheduler(optimizer, c.meta_scheduler_type or c.scheduler_type, upper_steps,
+                                   c.warmup_ratio, c.meta_scheduler_step_size, c.meta_scheduler_gamma)
+        return UpperProblem("upper", self._problem_config(upper=True), self.weight_model, optimizer, scheduler,
+                            self.meta_stream, c.aggregation_function, c.loss_target, autocast=not c.no_autocast)
+
     def _build_engine(self) -> IterationEngine:
-        a = self.args
-        lower_opt = make_optimizer(self.prm.parameters(), a.optimizer, a.lr, a.weight_decay, a.momentum,
-                                   a.adam_epsilon, self.device)
-        lower_sched = make_scheduler(lower_opt, a.scheduler_type, a.iteration_num, a.warmup_ratio,
-                                     a.scheduler_step_size, a.scheduler_gamma)
-        self.lower = LowerProblem("lower", problem_config(a, upper=False), self.prm, lower_opt, lower_sched,
-                                  self.train_stream, a.lower_loss, autocast=not a.no_autocast)
-        problems, deps = [self.lower], {"l2u": {}, "u2l": {}}
-        self.upper = None
-        if self.bilevel:
-            upper_steps = max(a.iteration_num // (a.unroll_steps * a.gradiant_accumulation), 1)
-            meta_opt = make_optimizer(self.weight_model.parameters(), a.optimizer, a.meta_lr, a.meta_weight_decay,
-                                      a.meta_momentum, a.adam_epsilon, self.device)
-            meta_sched = make_scheduler(meta_opt, a.meta_scheduler_type or a.scheduler_type, upper_steps, a.warmup_ratio,
-                                        a.meta_scheduler_step_size, a.meta_scheduler_gamma)
-            self.upper = UpperProblem("upper", problem_config(a, upper=True), self.weight_model, meta_opt,
-                                      meta_sched, self.meta_stream, a.aggregation_function, a.loss_target,
-                                      autocast=not a.no_autocast)
+        c = self.config
+        if self.upper is None:
+            problems, deps = [self.lower], {"l2u": {}, "u2l": {}}
+        else:
             problems = [self.upper, self.lower]
             deps = {"l2u": {self.lower: [self.upper]}, "u2l": {self.upper: [self.lower]}}
-        strategy = "cpu" if self.device == "cpu" and a.strategy == "default" else a.strategy
-        # valid_step only tells Betty when to call its (unused) validation hook: never.
-        config = EngineConfig(train_iters=a.iteration_num, valid_step=a.iteration_num + 1,
-                              strategy=strategy, roll_back=a.rollback, logger_type=a.logger)
-        return IterationEngine(problems, config, deps, self._on_iteration)
+        strategy = "cpu" if self.device == "cpu" and c.strategy == "default" else c.strategy
+        engine_config = EngineConfig(train_iters=c.iteration_num, strategy=strategy, roll_back=c.rollback,
+                                     logger_type=c.logger)
+        return IterationEngine(problems, engine_config, deps, self._on_iteration)
 
     def _drop_overlong(self, records: list[dict], report, json_path, builder: ExampleBuilder, kind: str) -> list[dict]:
         """Records longer than --max_length (default: the model's context) are an error, or dropped."""
-        limit = self.args.max_length or context_length(self.prm.model)
-        kept, problems = drop_overlong(records, json_path, builder, limit, kind, self.args.skip_bad_records,
+        limit = self.config.max_length or self.prm.max_length
+        if limit is None:  # a model config that names no context length: nothing to check against
+            return records
+        kept, problems = drop_overlong(records, json_path, builder, limit, kind, self.config.skip_bad_records,
                                        indices=report.indices)
         for line in problems:
             print(f"warning: skipped {line}", file=sys.stderr)
@@ -226,13 +250,13 @@ class Trainer:
 
     def mode(self) -> str:
         if not self.bilevel:
-            return "cold start" if self.args.retrain else "baseline"
-        return STAGES[self.args.reweighting]
+            return "cold start" if self.config.retrain else "baseline"
+        return STAGES[self.config.reweighting]
 
     # -- resume --------------------------------------------------------------------------------
     def run_config(self) -> dict:
         """What ``--resume`` compares: a checkpoint only continues the same kind of run on the same data."""
-        a = self.args
+        a = self.config
         return {
             "mode": self.mode(),
             "reward_model": str(a.reward_model),
@@ -247,7 +271,7 @@ class Trainer:
 
     def _sizes(self) -> dict:
         """The flags a checkpoint's optimizer state and data positions depend on."""
-        a = self.args
+        a = self.config
         return {"batch_size": a.batch_size,
                 "meta_batch_size": a.meta_batch_size if self.bilevel else None,
                 "hidden_dim": a.hidden_dim if self.bilevel and a.reweighting == "net" else None,
@@ -266,9 +290,9 @@ class Trainer:
                 reasons.append(str(exc))
                 print(f"note: skipping checkpoint {exc}; trying an older one", file=sys.stderr)
                 continue
-            if state["iteration"] > self.args.iteration_num:
+            if state["iteration"] > self.config.iteration_num:
                 raise ResumeMismatch(f"checkpoint {ckpt.name} is at iteration {state['iteration']}, past "
-                                     f"--iteration_num {self.args.iteration_num}; pass a larger --iteration_num")
+                                     f"--iteration_num {self.config.iteration_num}; pass a larger --iteration_num")
             if config.get("mode") != self.mode():
                 raise ResumeMismatch(f"--resume: {ckpt} belongs to a run of the {config.get('mode')}, and this "
                                      f"command trains the {self.mode()}; use another --weights_path")
@@ -289,7 +313,7 @@ class Trainer:
         in the training file, so a file with the same ids in another order is read in the
         checkpoint's order, and a file with other ids is refused."""
         ckpt, saved, _ = self.resume_point
-        a = self.args
+        a = self.config
         where = f"--resume: {ckpt.name}"
         if saved.get("model_signature") != model_signature(self.prm.model):
             raise ResumeMismatch(f"{where} holds a model of another architecture than --reward_model "
@@ -326,12 +350,7 @@ class Trainer:
     def trainer_state(self) -> dict:
         state = {"train_stream": self.train_stream.state_dict(), "net_seen": self.net_seen}
         for prob in self.problems():
-            state[prob.name] = {
-                "optimizer": prob.optimizer.state_dict(),
-                "scheduler": prob.scheduler.state_dict() if prob.scheduler is not None else None,
-                "count": prob._count,
-                "skipped_updates": prob.skipped_updates,
-            }
+            state[prob.name] = prob.state_dict()
         if self.meta_stream is not None:
             state["meta_stream"] = self.meta_stream.state_dict()
         return state
@@ -347,12 +366,7 @@ class Trainer:
                 self.meta_stream.load_state_dict(state["meta_stream"])
             self.net_seen = dict(state.get("net_seen", {}))
             for prob in self.problems():
-                saved = state[prob.name]
-                prob.optimizer.load_state_dict(saved["optimizer"])
-                if prob.scheduler is not None and saved["scheduler"] is not None:
-                    prob.scheduler.load_state_dict(saved["scheduler"])
-                prob._count = int(saved["count"])
-                prob.skipped_updates = int(saved["skipped_updates"])
+                prob.load_state_dict(state[prob.name])
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ResumeMismatch(f"--resume: {ckpt.name} does not fit this run's optimizer or data ({first})") from None
@@ -364,7 +378,7 @@ class Trainer:
     def instance_weights(self) -> dict | None:
         if self.weight_model is None:
             return None
-        if self.args.reweighting == "net":
+        if self.config.reweighting == "net":
             return dict(self.net_seen)
         return self.weight_model.effective()
 
@@ -389,14 +403,14 @@ class Trainer:
         try:
             self.prm.save_pretrained(tmp)
             names = sorted(f.name for f in tmp.iterdir())
-            atomic_write_json(self.out / EXPORT_MANIFEST, {"files": names})
+            write_json(self.out / EXPORT_MANIFEST, {"files": names})
             for name in names:
                 os.replace(tmp / name, self.out / name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         weights = self.instance_weights()
         if weights is not None:
-            atomic_write_json(self.out / "instance_weights.json", weights)
+            write_json(self.out / "instance_weights.json", weights)
 
     def save(self, iteration: int) -> Path:
         bad = self.nonfinite_state()
@@ -405,34 +419,33 @@ class Trainer:
                                    f"written; {self.last_checkpoint_text()}")
         self.export()
         return save_checkpoint(self.out, iteration, self.prm, self.weight_model, self.trainer_state(),
-                               self.run_config(), keep=self.args.keep_checkpoints)
+                               self.run_config(), keep=self.config.keep_checkpoints)
 
-    def _record(self, iteration: int, seconds: float) -> dict:
-        low = self.lower.stats
+    def _record(self, iteration: int, seconds: float, stats: dict) -> dict:
+        """The metrics.jsonl row of an iteration, from the stats its problems returned."""
+        low = stats["lower"]
         row = {"iteration": iteration, "seconds": round(seconds, 6)}
         row.update({k: v for k, v in low.items() if not k.startswith("instance_")})
         row["skipped_lower"] = self.lower.skipped_updates
         if self.upper is not None:
-            if self.upper.stats:
-                row.update(self.upper.stats)
-                self.upper.stats = {}
+            row.update(stats["upper"])  # empty in an iteration without an upper step
             row["skipped_upper"] = self.upper.skipped_updates
-        if self.args.reweighting == "net" and self.weight_model is not None:
+        if self.config.reweighting == "net" and self.weight_model is not None:
             ids = self.train_set.ids
             for i, w in zip(low.get("instance_index", []), low.get("instance_weight", [])):
                 self.net_seen[ids[i]] = {"weight": w, "iteration": iteration}
         return row
 
     # -- the loop --------------------------------------------------------------------------
-    def _on_iteration(self, it: int) -> bool:
+    def _on_iteration(self, it: int, stats: dict) -> bool:
         now = time.perf_counter()
-        row = self._record(it, now - self._last_time)
+        row = self._record(it, now - self._last_time, stats)
         self._last_time = now
         # metrics.jsonl keeps NaN as the JSON-superset token NaN (one row per iteration, as
         # json.loads reads it); every other output file is strict JSON.
         self.metrics_file.write(json.dumps(row) + "\n")
         self.metrics_file.flush()
-        if self.args.logger != "none":
+        if self.config.logger != "none":
             scalars = {k: v for k, v in row.items() if isinstance(v, (int, float))}
             self.engine.logger.log(scalars, tag="train", step=it)
         if self.bar is not None:
@@ -448,13 +461,13 @@ class Trainer:
                 raise TrainingDiverged(
                     f"stopped at iteration {it}: the {prob.name}-level update made its parameters non-finite "
                     f"(lower the learning rate); {self.last_checkpoint_text()}")
-            if prob.bad_in_a_row >= self.args.max_bad_steps:
+            if prob.bad_in_a_row >= self.config.max_bad_steps:
                 raise TrainingDiverged(
                     f"stopped at iteration {it}: {prob.bad_in_a_row} non-finite {prob.name}-level updates in a row "
-                    f"(--max_bad_steps {self.args.max_bad_steps}); {self.last_checkpoint_text()}"
+                    f"(--max_bad_steps {self.config.max_bad_steps}); {self.last_checkpoint_text()}"
                 )
-        final = it == self.args.iteration_num
-        if it % self.args.save_every_iterations == 0 or final or self._signal is not None:
+        final = it == self.config.iteration_num
+        if it % self.config.save_every_iterations == 0 or final or self._signal is not None:
             path = self.save(it)
             if self._signal is not None:
                 name = signal.Signals(self._signal).name
@@ -473,7 +486,7 @@ class Trainer:
         print(f"\n{signal.Signals(signum).name}: finishing this iteration, then saving a checkpoint ...", flush=True)
 
     def run(self) -> Path:
-        a = self.args
+        a = self.config
         try:
             if self.replace_previous:
                 self.folder.remove_previous_run()
@@ -482,8 +495,7 @@ class Trainer:
                 (self.out / "metrics.jsonl").unlink(missing_ok=True)
             else:
                 self._trim_metrics(start)
-            atomic_write_json(self.out / "train_args.json", vars(a))
-            self.engine.start_iteration = start
+            write_json(self.out / "train_args.json", dataclasses.asdict(a))
             self.metrics_file = open_append(self.out / "metrics.jsonl")
             self.bar = None if a.no_progress else tqdm(total=a.iteration_num, initial=start, desc=self.mode(),
                                                        unit="it")
@@ -491,7 +503,7 @@ class Trainer:
             previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
             try:
                 if start < a.iteration_num:
-                    self.engine.run()
+                    self.engine.run(start)
             finally:
                 for s, h in previous.items():
                     signal.signal(s, h)
@@ -522,14 +534,14 @@ def write_figures(trainer: Trainer) -> list[Path]:
     """The run's figures: in ``<weights_path>/figs/`` by default, named after the run with ``--figs_dir``."""
     from .figures import plot_losses, plot_weights
 
-    if trainer.args.figs_dir is None:
+    if trainer.config.figs_dir is None:
         figs, prefix = trainer.out / "figs", ""
     else:
-        figs, prefix = Path(trainer.args.figs_dir), trainer.out.resolve().name + "_"
+        figs, prefix = Path(trainer.config.figs_dir), trainer.out.resolve().name + "_"
     paths = [plot_losses(trainer.out / "metrics.jsonl", figs / f"{prefix}losses.png")]
     weights = trainer.instance_weights()
     if weights:
-        if trainer.args.reweighting == "domain":
+        if trainer.config.reweighting == "domain":
             domain_of = {d: d for d in weights}
         else:
             domain_of = {str(r["id"]): r.get("dataset", "default") for r in trainer.train_set.records}

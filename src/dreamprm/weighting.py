@@ -106,10 +106,11 @@ DEFAULT_ACTIVATION = {"table": "Clip", "net": "sigmoid", "domain": None}
 DEFAULT_INITIALIZATION = {"table": 1.0, "net": None, "domain": 0.0}
 
 
-def build_weight_model(kind: str, train_ids: list[str], domains: list[str], activation: str | None = None,
+def build_weight_model(kind: str, train_ids: list[str], domains: list[str], *, activation: str | None = None,
                        initialization: float | None = None, hidden_dim: int = 10,
                        detach_net_input: bool = False) -> nn.Module:
-    """The upper-level model for ``--reweighting`` ``kind``; None means the method's default."""
+    """The upper-level model for ``--reweighting`` ``kind`` (table, net or domain) over the training
+    ids / domains; an ``activation`` or ``initialization`` of None means the method's default."""
     if kind not in DEFAULT_ACTIVATION:
         raise ValueError(f"unknown reweighting {kind!r}")
     activation = activation or DEFAULT_ACTIVATION[kind]

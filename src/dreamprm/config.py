@@ -1,0 +1,303 @@
+"""Typed configuration of the two entry points: every flag of ``train.py`` and ``test.py``.
+
+``TrainConfig`` and ``TestConfig`` hold one field per flag, named exactly as the flag (the
+upstream typos ``gradiant_accumulation`` / ``gradiant_clipping`` included), so code written
+against ``args.x`` reads a config unchanged. Each field carries its help text, choices and
+flag group as ``dataclasses.field`` metadata; ``arguments.py`` builds the argparse parsers from
+them, so a flag is declared once. Help texts are argparse templates (``%(default)s``).
+
+``validate()`` is the one place flag values are checked: it raises ``FlagError``. What the
+machine offers (a CUDA device, a logger package) is checked by the trainer, not here.
+
+This module imports nothing heavy: the CLIs refuse a bad flag before torch loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+# Flag vocabularies (the library modules that act on them keep their own copies; a test checks
+# that the two agree).
+OPTIMIZERS = ("adamw_hf", "adamw_torch")
+# Learning-rate schedules of either level (dreamprm.optim): step_lr is upstream's name, step ours.
+SCHEDULER_CHOICES = ("cosine_schedule_with_warmup", "step_lr", "step", "constant")
+ACTIVATIONS = ("LeakyReLU", "ReLU", "No", "Clip", "sigmoid")
+AGGREGATIONS = ("mean", "log_mean", "max", "min", "log_odds")
+REWEIGHTINGS = ("table", "net", "domain")
+
+
+class FlagError(ValueError):
+    """A flag value outside its range; the CLIs print ``error: <message>`` and exit 2."""
+
+
+def flag(default: Any, help: str, *, choices: tuple | None = None, group: str | None = None,
+         switch: bool = False) -> Any:
+    """A config field that is also a command-line flag ``--<field name>``.
+
+    ``switch``: a boolean flag that takes no value (``store_true``); a boolean field without it
+    takes one (``--retrain 1``)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "group": group,
+                                                         "switch": switch})
+
+
+def _in_group(title: str):
+    def grouped(default: Any, help: str, **kw) -> Any:
+        return flag(default, help, group=title, **kw)
+    return grouped
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise FlagError(message)
+
+
+def _finite(x) -> bool:
+    return x is None or math.isfinite(x)
+
+
+def _check_positive_ints(config, names) -> None:
+    for name in names:
+        value = getattr(config, name)
+        _require(value >= 1, f"--{name} must be at least 1 (got {value})")
+
+
+_paths = _in_group("data and model paths")
+_bilevel = _in_group("bi-level optimization")
+_optimizer = _in_group("optimizer (both levels)")
+_lower = _in_group("lower level (PRM)")
+_upper = _in_group("upper level (instance weights)")
+_method = _in_group("method")
+_system = _in_group("system")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Flags of ``train.py``: the upstream flag table (names and defaults kept) plus this project's."""
+
+    train_json_file: str = _paths("./data/train.json", "training records (default: %(default)s)")
+    meta_json_file: str = _paths("./data/meta.json", "meta records with true_false (default: %(default)s)")
+    weights_path: str | None = _paths(
+        None, "output folder: model, weights, metrics, checkpoints, figures; one run per folder "
+              "(default: ./weights/<mode>: coldstart, baseline, table, net or domain)")
+    reward_model: str = _paths(
+        "OpenGVLab/InternVL3-1B-hf",
+        "starting PRM: a folder or hub id (native transformers layout, or InternVL's chat layout, converted in "
+        "memory), or 'tiny' (default: %(default)s)")
+
+    iteration_num: int = _bilevel(100000, "total (lower-level) iterations (default: %(default)s)")
+    save_every_iterations: int = _bilevel(
+        1000, "export + checkpoint every N iterations; the public code saves every iteration, which at 1B "
+              "parameters writes gigabytes per iteration, so this default is a deliberate difference "
+              "(default: %(default)s)")
+    unroll_steps: int = _bilevel(1, "lower steps per upper step (default: %(default)s)")
+    gradiant_accumulation: int = _bilevel(1, "gradient accumulation steps, both levels (default: %(default)s)")
+    gradiant_clipping: float = _bilevel(1.0, "gradient-norm clipping, both levels; 0 = off (default: %(default)s)")
+    darts_alpha: float = _bilevel(
+        0.01, "Betty's darts finite-difference size R: the PRM is perturbed by R·v/|v| (Betty's and "
+              "the public code's value; with bf16 weights most of that perturbation is below bf16 "
+              "resolution, see README 'Method, as implemented') (default: %(default)s)")
+    device: str = _bilevel("cuda", "cuda or cpu (default: %(default)s)")
+    precision: str = _bilevel("bf16", "model weights dtype and autocast (default: %(default)s)",
+                              choices=("fp32", "bf16"))
+    strategy: str = _bilevel("default", "Betty strategy; only 'default' is supported on one device "
+                                        "(default: %(default)s)")
+    rollback: bool = _bilevel(False, "Betty roll-back of the lower level after the upper step", switch=True)
+    baseline: bool = _bilevel(False, "train the lower level alone with weight 1; DreamPRM's name for what "
+                                     "--retrain 1 does", switch=True)
+    seed: int = _bilevel(1, "random seed: data order and initialisation (default: %(default)s)")
+    local_rank: int = _bilevel(0, "kept for upstream compatibility; unused")
+
+    optimizer: str = _optimizer(
+        "adamw_hf", "adamw_hf: the AdamW of transformers 4.x that the public DreamPRM-1.5 code trains with "
+                    "(eps added before bias correction, weight decay after the update); adamw_torch: "
+                    "torch.optim.AdamW's algorithm, as DreamPRM's code (default: %(default)s)",
+        choices=OPTIMIZERS)
+    adam_epsilon: float | None = _optimizer(
+        None, "Adam epsilon (default: 1e-6 for adamw_hf, 1e-8 for adamw_torch: each library's default)")
+
+    lr: float = _lower(5e-5, "learning rate (default: %(default)s)")
+    momentum: float = _lower(0.9, "Adam beta1 (default: %(default)s)")
+    weight_decay: float = _lower(0.01, "decoupled weight decay (default: %(default)s)")
+    batch_size: int = _lower(1, "instances per step (default: %(default)s)")
+    scheduler_step_size: int = _lower(1000, "StepLR period when --scheduler_type step_lr (default: %(default)s)")
+    scheduler_gamma: float = _lower(0.95, "StepLR factor when --scheduler_type step_lr (default: %(default)s)")
+    lower_loss: str = _lower("ce", "per-step loss: cross-entropy (paper) or DreamPRM MSE (default: %(default)s)",
+                             choices=("ce", "mse"))
+
+    meta_lr: float = _upper(1e-1, "meta learning rate; the run scripts set the paper's (default: %(default)s)")
+    meta_momentum: float = _upper(0.9, "meta Adam beta1 (default: %(default)s)")
+    meta_weight_decay: float = _upper(1e-3, "meta decoupled weight decay (default: %(default)s)")
+    meta_batch_size: int = _upper(1, "meta CoTs per upper step (default: %(default)s)")
+    meta_scheduler_step_size: int = _upper(1000, "meta StepLR period (default: %(default)s)")
+    meta_scheduler_gamma: float = _upper(0.95, "meta StepLR factor (default: %(default)s)")
+
+    reweighting: str = _method("table", "Instance Table, Instance Net, or DreamPRM's Domain Table "
+                                        "(default: %(default)s)", choices=REWEIGHTINGS)
+    retrain: bool = _method(False, "1 = plain SFT of the lower level alone (the cold start); 0 = bi-level "
+                                   "reweighting (default: 0)")
+    activation_function: str | None = _method(
+        None, "activation of the table entries / of the Instance Net's output (default: Clip for the "
+              "table, as the public run_table.sh and paper section 2.2; sigmoid for the net, as "
+              "run_net.sh; the Domain Table has none: DreamPRM's softplus / mean normalisation)",
+        choices=ACTIVATIONS)
+    aggregation_function: str = _method(
+        "mean", "step-score aggregation in the meta loss; log_odds is DreamPRM's sigmoid of the mean "
+                "step log-odds (default: %(default)s)", choices=AGGREGATIONS)
+    loss_target: str = _method("both", "meta loss target (default: %(default)s)", choices=("both", "+"))
+    initialization: float | None = _method(
+        None, "initial raw table weight (default: 1.0 for the Instance Table, 0.0 for the Domain Table)")
+    max_patch_num: int = _method(6, "maximum image tiles in training (default: %(default)s)")
+    scheduler_type: str = _method(
+        "cosine_schedule_with_warmup",
+        "learning-rate schedule of both levels; step_lr (upstream's name; 'step' is the same) is "
+        "StepLR with --scheduler_step_size/--scheduler_gamma (default: %(default)s)", choices=SCHEDULER_CHOICES)
+    meta_scheduler_type: str | None = _method(
+        None, "the upper level's schedule when it differs (DreamPRM: constant) (default: --scheduler_type)",
+        choices=SCHEDULER_CHOICES)
+    warmup_ratio: float = _method(0.05, "linear warm-up share of the cosine schedule (default: %(default)s)")
+    hidden_dim: int = _method(10, "Instance Net hidden width (default: %(default)s)")
+    detach_net_input: bool = _method(False, "stop gradients from the Instance Net into the PRM", switch=True)
+
+    logger: str = _system("none", "metrics logger besides metrics.jsonl (default: %(default)s)",
+                          choices=("none", "tensorboard", "wandb"))
+    num_workers: int | None = _system(
+        None, "DataLoader workers for image decoding and tiling; they never change the batches "
+              "(default: up to 4 on cuda, 0 on cpu)")
+    gradient_checkpointing: bool = _system(False, "recompute activations in backward to save memory", switch=True)
+    no_autocast: bool = _system(
+        False, "run bf16 steps natively in the weights' dtype instead of under Betty's autocast "
+               "(no per-op casts: ~10%% faster bi-level iterations on an H100, step probabilities within "
+               "1e-6 of the autocast path there; see bench/RESULTS.md)", switch=True)
+    compile: bool = _system(
+        False, "torch.compile every vision and language layer (regional; the first iterations pay the "
+               "compile time; experimental: on an H100 in bf16 it was barely faster at the benchmark shape and "
+               "moved step probabilities by up to 4e-2; see bench/RESULTS.md)", switch=True)
+    attn_implementation: str = _system("sdpa", "(default: %(default)s)",
+                                       choices=("sdpa", "eager", "flash_attention_2"))
+    resume: bool = _system(
+        False, "continue the run in --weights_path from its latest complete checkpoint; refused when the "
+               "checkpoint was made with another reweighting, model, data or sizes", switch=True)
+    overwrite: bool = _system(
+        False, "start a new run in a --weights_path that holds another run: the files this project wrote "
+               "there are replaced (without it such a folder is refused)", switch=True)
+    max_length: int | None = _system(
+        None, "longest training sequence in tokens (prompt + image tokens + steps); a longer record is an "
+              "error, or is dropped with --skip_bad_records (default: the model's max_position_embeddings)")
+    keep_checkpoints: int = _system(2, "checkpoints kept in --weights_path/checkpoints (default: %(default)s)")
+    max_bad_steps: int = _system(10, "stop after this many non-finite updates in a row (default: %(default)s)")
+    skip_bad_records: bool = _system(False, "drop invalid records (and say how many) instead of stopping",
+                                     switch=True)
+    figs_dir: str | None = _system(None, "where training figures go (default: <weights_path>/figs)")
+    no_progress: bool = _system(False, "no tqdm bar (e.g. in log files)", switch=True)
+
+    @property
+    def bilevel(self) -> bool:
+        """Bi-level reweighting, as opposed to the lower level alone (cold start or baseline)."""
+        return not (self.retrain or self.baseline)
+
+    @property
+    def default_weights_path(self) -> str:
+        """Each mode writes to its own folder unless --weights_path says otherwise."""
+        if self.retrain:
+            mode = "coldstart"
+        elif self.baseline:
+            mode = "baseline"
+        else:
+            mode = self.reweighting
+        return f"./weights/{mode}"
+
+    def with_default_weights_path(self) -> TrainConfig:
+        """This config, with ``weights_path`` set to the mode's folder when it is None."""
+        if self.weights_path is not None:
+            return self
+        return dataclasses.replace(self, weights_path=self.default_weights_path)
+
+    def validate(self) -> None:
+        """Raise ``FlagError`` for the first flag whose value is out of range."""
+        _check_positive_ints(self, ("batch_size", "meta_batch_size", "unroll_steps", "gradiant_accumulation",
+                                    "iteration_num", "save_every_iterations", "max_patch_num", "max_bad_steps",
+                                    "hidden_dim", "scheduler_step_size", "meta_scheduler_step_size",
+                                    "keep_checkpoints"))
+        if self.max_length is not None:
+            _require(self.max_length >= 1, f"--max_length must be at least 1 (got {self.max_length})")
+        if self.num_workers is not None:
+            _require(self.num_workers >= 0, f"--num_workers must be 0 or more (got {self.num_workers})")
+        for name in ("lr", "meta_lr", "weight_decay", "meta_weight_decay", "adam_epsilon", "gradiant_clipping",
+                     "darts_alpha", "initialization", "warmup_ratio", "momentum", "meta_momentum",
+                     "scheduler_gamma", "meta_scheduler_gamma"):
+            value = getattr(self, name)
+            _require(_finite(value), f"--{name} must be a finite number (got {value})")
+        for name in ("lr", "meta_lr", "weight_decay", "meta_weight_decay", "gradiant_clipping"):
+            value = getattr(self, name)
+            _require(value >= 0, f"--{name} must be 0 or more (got {value})")
+        if self.adam_epsilon is not None:
+            _require(self.adam_epsilon > 0, f"--adam_epsilon must be positive (got {self.adam_epsilon})")
+        for name in ("momentum", "meta_momentum"):
+            value = getattr(self, name)
+            _require(0 <= value < 1, f"--{name} (Adam beta1) must be in [0, 1) (got {value})")
+        for name in ("scheduler_gamma", "meta_scheduler_gamma"):
+            value = getattr(self, name)
+            _require(value > 0, f"--{name} must be positive (got {value})")
+        _require(0 <= self.warmup_ratio <= 1, f"--warmup_ratio must be in [0, 1] (got {self.warmup_ratio})")
+        _require(self.darts_alpha > 0, f"--darts_alpha must be positive (got {self.darts_alpha})")
+        _require(self.reweighting != "domain" or self.activation_function is None,
+                 "--activation_function does not apply to --reweighting domain: DreamPRM's Domain Table "
+                 "weighs domains by softplus(raw) / mean(softplus(raw))")
+        _require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other: pick one")
+        _require(self.weights_path is not None,
+                 "--weights_path is not set (with_default_weights_path() fills in ./weights/<mode>)")
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    """Flags of ``test.py``: score every candidate, aggregate, select, report accuracy."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    test_json_file: str = flag("./data/test.json", "test records: question, image_path, candidates, true_false "
+                                                   "(default: %(default)s)")
+    reward_model: str = flag(
+        "./weights/table", "PRM to evaluate: a folder or hub id (native layout, or InternVL's chat layout converted "
+                           "in memory), or 'tiny' (bundled tiny model) (default: %(default)s)")
+    output_file: str = flag(
+        "./results/bestofn.json", "where the JSON report goes (strict JSON; its folder is created); refused before "
+                                  "any work when it is a folder or cannot be written (default: %(default)s)")
+    aggregation_function: str = flag(
+        "all", "aggregation(s) shown in the table and figure; the JSON always holds all five, computed from a "
+               "single scoring pass (default: %(default)s)", choices=(*AGGREGATIONS, "all"))
+    max_patch_num: int = flag(12, "maximum image tiles (a thumbnail is added when more than one) "
+                                  "(default: %(default)s)")
+    device: str | None = flag(None, "default: cuda if available, else cpu")
+    precision: str | None = flag(None, "model weights dtype; default: bf16 on cuda, fp32 on cpu",
+                                 choices=("fp32", "bf16", "fp16"))
+    batch_size: int = flag(8, "candidates per language-model batch (default: %(default)s)")
+    prefetch: int = flag(2, "questions whose images are decoded and tiled in a background thread while the "
+                            "current one is scored; 0 = serial (default: %(default)s)")
+    step_splitter: str = flag(
+        "upstream", "how a candidate becomes steps: upstream = the public code's splitter, quirks included "
+                    "(released checkpoints and upstream's meta file use it); clean = a stricter splitter that "
+                    "never cuts mid-sentence 'N.' (see src/dreamprm/steps.py) (default: %(default)s)",
+        choices=("upstream", "clean"))
+    score_dtype: str = flag(
+        "model", "dtype of the step softmax and the mean score: model = the model's dtype, as upstream "
+                 "(bf16 on GPU: scores near 1 round to steps of ~0.004, ties go to the later candidate); "
+                 "fp32 = upcast first (default: %(default)s)", choices=("model", "fp32"))
+    skip_bad_records: bool = flag(False, "drop invalid records (and say how many) instead of stopping", switch=True)
+    max_length: int | None = flag(
+        None, "longest token sequence scored (prompt + image tokens + steps); a longer candidate is scored "
+              "over the steps that fit and the report counts it (default: the model's max_position_embeddings)")
+    allow_nonfinite: bool = flag(
+        False, "continue when the PRM returns non-finite step scores (a diverged model): such candidates are "
+               "never selected and the report counts them; without it they are an error", switch=True)
+    figs_dir: str | None = flag(None, "where the accuracy-vs-N figure and its data go "
+                                      "(default: figs/ beside --output_file)")
+
+    def validate(self) -> None:
+        """Raise ``FlagError`` for the first flag whose value is out of range."""
+        _check_positive_ints(self, ("batch_size", "max_patch_num"))
+        _require(self.prefetch >= 0, f"--prefetch must be 0 or more (got {self.prefetch})")
+        if self.max_length is not None:
+            _require(self.max_length >= 1, f"--max_length must be at least 1 (got {self.max_length})")
