@@ -16,7 +16,6 @@ stops the script with one ``error:`` line and exit status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path
@@ -24,9 +23,11 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 try:
+    from dreamprm.jsonio import write_json
     from dreamprm.prompt import SYSTEM_PROMPT
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from dreamprm.jsonio import write_json
     from dreamprm.prompt import SYSTEM_PROMPT
 
 COLOURS = {"red": (215, 40, 40), "green": (40, 160, 60), "blue": (45, 75, 215),
@@ -172,10 +173,6 @@ class Maker:
             recs.append({"id": f"test_{k:03d}", "question": question, "image_path": rel,
                          "candidates": cands, "true_false": tf})
         return recs
-
-
-def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

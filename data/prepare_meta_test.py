@@ -68,20 +68,18 @@ from collections import Counter
 from pathlib import Path
 
 try:
-    from dreamprm.jsonrecords import iter_file_records, same_file, write_json
+    from dreamprm.records import DataError
+    from dreamprm.jsonio import iter_file_records, same_file, write_json
     from dreamprm.prompt import SYSTEM_PROMPT
     from dreamprm.steps import SPLITTERS, extract_answer, split_steps
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from dreamprm.jsonrecords import iter_file_records, same_file, write_json
+    from dreamprm.records import DataError
+    from dreamprm.jsonio import iter_file_records, same_file, write_json
     from dreamprm.prompt import SYSTEM_PROMPT
     from dreamprm.steps import SPLITTERS, extract_answer, split_steps
 
 LETTERS = string.ascii_uppercase
-
-
-class DataError(ValueError):
-    """A malformed input line: ``file:line: field: problem``."""
 
 
 def _err(where: str, field: str, problem: str) -> DataError:

@@ -75,14 +75,12 @@ DEFAULT_MC_THRESHOLD = 0.0
 _IMAGE_TAG = re.compile(r"^\s*(<image>\s*)+")
 
 try:
-    from dreamprm.jsonrecords import iter_file_records, same_file, write_json
+    from dreamprm.records import DataError
+    from dreamprm.jsonio import iter_file_records, same_file, write_json
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from dreamprm.jsonrecords import iter_file_records, same_file, write_json
-
-
-class DataError(ValueError):
-    """A malformed input record: ``file:line: field: problem``."""
+    from dreamprm.records import DataError
+    from dreamprm.jsonio import iter_file_records, same_file, write_json
 
 
 def _err(where: str, field: str, problem: str) -> DataError:

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dreamprm.data import DataError, load_records
-from dreamprm.examples import BatchStream, ConversationDataset, ExampleBuilder, drop_overlong
+from dreamprm.records import DataError, load_records
+from dreamprm.batching import BatchStream, ConversationDataset, ExampleBuilder, drop_overlong
 from dreamprm.prompt import candidate_conversation
 from dreamprm.steps import split_steps
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import train
-from dreamprm.data import DataError, load_records, resolve_image
+from dreamprm.records import DataError, load_records, resolve_image
 from dreamprm.prompt import SYSTEM_PROMPT
 
 ROOT = Path(__file__).resolve().parents[1]

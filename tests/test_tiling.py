@@ -22,7 +22,7 @@ from transformers.models.got_ocr2.image_processing_got_ocr2 import (
     get_optimal_tiled_canvas,
 )
 
-from dreamprm.examples import ExampleBuilder
+from dreamprm.batching import ExampleBuilder
 
 
 # The oracle: InternVL's tiling rule written out. Among grids (cols i, rows j) with

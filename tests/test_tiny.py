@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dreamprm.examples import ExampleBuilder, collate, load_rgb
+from dreamprm.batching import ExampleBuilder, collate, load_rgb
 from dreamprm.prm import ProcessRewardModel
 from dreamprm.prompt import candidate_conversation, label_token_ids
 from dreamprm.tiny import build_tiny

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .data import DataError, plural, record_label, resolve_image
+from .records import DataError, plural, record_label, resolve_image
 from .prompt import PromptError, candidate_conversation, encode_conversation, encoded_lengths
 
 

@@ -1,5 +1,6 @@
-"""Reading records from .json (a list) or .jsonl (one object per line) files, with locations,
-and writing a data script's JSON output.
+"""JSON files in and out: the one record reader and the one atomic writer of the project.
+
+Reading: records from a .jsonl file (one object per line) or any other file holding a JSON list.
 
 Each record comes with ``"FILE:N"``: the line for .jsonl, the 1-based record index for .json.
 Every problem with a file raises ``error`` (the caller's own error class) as one line naming
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
+import os
 import re
+import tempfile
 from pathlib import Path
 
 # A JSON escape of a surrogate code point: only such an escape can put a lone surrogate in a
@@ -65,6 +69,15 @@ def _parse(text: str, path: Path, error, line: int | None = None):
         raise error(f"{where}: <json>: {str(e).splitlines()[0]}") from None
 
 
+def _json_type(value) -> str:
+    """The JSON name of a parsed value's type (object, array, string, number, true/false, null)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return {dict: "an object", list: "an array", str: "a string"}.get(type(value), "a number")
+
+
 def _check_unicode(rec, where: str, error) -> None:
     bad = _lone_surrogate(rec)
     if bad is not None:
@@ -72,7 +85,9 @@ def _check_unicode(rec, where: str, error) -> None:
                     "which is not valid Unicode")
 
 
-def iter_file_records(path: Path, error: type[Exception] = ValueError):
+def iter_file_records(path: Path, error: type[Exception] = ValueError, check_unicode: bool = True):
+    """Yield ``("FILE:N", record)`` for every record of ``path``. ``check_unicode=False`` leaves lone
+    surrogates to a caller that names the record field holding one (``dreamprm.records``)."""
     path = Path(path)
     try:
         is_dir, exists = path.is_dir(), path.exists()
@@ -82,7 +97,7 @@ def iter_file_records(path: Path, error: type[Exception] = ValueError):
         raise error(f"{path}: is a folder, not a .json or .jsonl file")
     if not exists:
         raise error(f"{path}: no such file")
-    if path.suffix == ".json":
+    if path.suffix != ".jsonl":
         try:
             raw = path.read_bytes()
         except OSError as exc:
@@ -92,8 +107,8 @@ def iter_file_records(path: Path, error: type[Exception] = ValueError):
         text = _utf8(raw, path, 1, error)
         data = _parse(text, path, error)
         if not isinstance(data, list):
-            raise error(f"{path}:1: <json>: expected a list of records")
-        check = _SURROGATE_ESCAPE.search(text) is not None
+            raise error(f"{path}:1: <json>: expected a list of records, got {_json_type(data)}")
+        check = check_unicode and _SURROGATE_ESCAPE.search(text) is not None
         for i, rec in enumerate(data, 1):
             if check:
                 _check_unicode(rec, f"{path}:{i}", error)
@@ -119,7 +134,7 @@ def iter_file_records(path: Path, error: type[Exception] = ValueError):
             if not line.strip():
                 continue
             rec = _parse(line, path, error, n)
-            if "\\u" in line and _SURROGATE_ESCAPE.search(line):
+            if check_unicode and "\\u" in line and _SURROGATE_ESCAPE.search(line):
                 _check_unicode(rec, f"{path}:{n}", error)
             yield f"{path}:{n}", rec
 
@@ -132,10 +147,42 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def write_json(path: Path, data, error: type[Exception] = ValueError) -> None:
-    """Write ``data`` as indented UTF-8 JSON, its folder created; any failure is one ``error`` line."""
+def strict_json(obj):
+    """``obj`` with every non-finite float replaced by None, so that it is written as ``null``
+    instead of the bare ``NaN``/``Infinity`` that no JSON parser must accept."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a fresh temporary file beside ``path`` (created with ``O_EXCL``, so no
+    existing file or symlink is followed), then rename it over ``path``: a reader, or a run killed
+    mid-write, never sees half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + path.name + "-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path, data, error: type[Exception] | None = None) -> Path:
+    """Write ``data`` as strict, indented UTF-8 JSON (non-finite numbers as ``null``), atomically;
+    the folder is created. With ``error``, a failure is raised as that class, in one line."""
+    path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+        atomic_write_text(path, json.dumps(strict_json(data), indent=1, ensure_ascii=False, allow_nan=False) + "\n")
     except OSError as exc:
+        if error is None:
+            raise
         raise error(f"{path}: cannot write ({exc.strerror or exc})") from None
+    return path

@@ -1,4 +1,4 @@
-"""Records: loading and validating the training, meta and test files.
+"""Records: loading and validating the training, meta and test files (.json lists or .jsonl).
 
 Every problem is reported as one line naming the file, the record (index and id) and the
 field; all problems of a file are collected (up to ``max_errors``) before raising, so a bad
@@ -12,12 +12,13 @@ decoded in full (at most ``MAX_IMAGE_PIXELS`` pixels), each distinct file once, 
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .jsonio import iter_file_records
 
 KINDS = ("train", "meta", "test")
 IMAGE_PLACEHOLDER = "<image>"  # the prompt's image slot (see prompt.py): at most one per conversation
@@ -277,15 +278,7 @@ def load_records(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
     path = str(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: the top level must be a JSON list of records, got {type(data).__name__}")
+    data = [rec for _, rec in iter_file_records(path, DataError, check_unicode=False)]
     report = LoadReport(path=path, kind=kind)
     kept: list[dict] = []
     seen_ids: dict = {}

@@ -139,25 +139,6 @@ def exported_files(folder: Path) -> list[str]:
     return [n for n in names if isinstance(n, str) and "/" not in n and n not in ("", ".", "..")]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a fresh temporary file beside ``path`` (never following a symlink), then
-    rename it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + path.name + "-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data) -> None:
-    """Strict JSON (a NaN or infinity is an error, never a bare ``NaN`` literal)."""
-    atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
-
-
 def open_append(path: Path):
     """Open ``path`` for appending text without following a symlink there."""
     try:
