@@ -101,6 +101,11 @@ def test_configs_are_validated_in_one_place():
     with pytest.raises(FlagError, match="--prefetch must be 0 or more"):
         parse_test_args(["--prefetch", "-1"])
     assert parse_test_args(["--batch_size", "3"]) == TestConfig(batch_size=3)
+    # a config built in code gets the choices argparse checks for flags
+    with pytest.raises(FlagError, match="--reweighting must be one of table, net, domain \\(got 'tabel'\\)"):
+        TrainConfig(weights_path="w", reweighting="tabel").validate()
+    with pytest.raises(FlagError, match="--score_dtype must be one of model, fp32"):
+        TestConfig(score_dtype="bf16").validate()
 
 
 def _cli(script: str, *argv: str, cwd: Path) -> subprocess.CompletedProcess:

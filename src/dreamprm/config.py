@@ -58,6 +58,14 @@ def _finite(x) -> bool:
     return x is None or math.isfinite(x)
 
 
+def _check_choices(config) -> None:
+    """A field with choices holds one of them (argparse checks flags; this checks configs built in code)."""
+    for field in dataclasses.fields(config):
+        choices, value = field.metadata.get("choices"), getattr(config, field.name)
+        if choices is not None and value is not None and value not in choices:
+            raise FlagError(f"--{field.name} must be one of {', '.join(map(str, choices))} (got {value!r})")
+
+
 def _check_positive_ints(config, names) -> None:
     for name in names:
         value = getattr(config, name)
@@ -217,6 +225,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``FlagError`` for the first flag whose value is out of range."""
+        _check_choices(self)
         _check_positive_ints(self, ("batch_size", "meta_batch_size", "unroll_steps", "gradiant_accumulation",
                                     "iteration_num", "save_every_iterations", "max_patch_num", "max_bad_steps",
                                     "hidden_dim", "scheduler_step_size", "meta_scheduler_step_size",
@@ -297,6 +306,7 @@ class TestConfig:
 
     def validate(self) -> None:
         """Raise ``FlagError`` for the first flag whose value is out of range."""
+        _check_choices(self)
         _check_positive_ints(self, ("batch_size", "max_patch_num"))
         _require(self.prefetch >= 0, f"--prefetch must be 0 or more (got {self.prefetch})")
         if self.max_length is not None:
