@@ -51,8 +51,9 @@ def _import_library() -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from dreamprm import aggregation, figures, prm, prompt, results, scoring, selection
+    from dreamprm import aggregation, figures, prm, prompt
     from dreamprm import records as record_files
+    from dreamprm import results, scoring, selection
 
 
 # -- signals ------------------------------------------------------------------------------------

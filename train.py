@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(config: TrainConfig) -> int:
     from dreamprm.checkpoint import CheckpointError
-    from dreamprm.records import DataError
     from dreamprm.prm import ModelLoadError
+    from dreamprm.records import DataError
     from dreamprm.runfolder import RunFolderError
     from dreamprm.trainer import (ResumeMismatch, SetupError, Trainer, TrainingDiverged, TrainingInterrupted,
                                   write_figures)

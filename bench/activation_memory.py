@@ -84,11 +84,11 @@ def full_size_layers() -> None:
 
 
 def live_during_iteration(graph_free: bool) -> tuple[float, float]:
+    from reference import make_reference
     from transformers import AutoTokenizer
 
     from bench import benchmark_trainer, build_data
     from dreamprm.tiny import ensure_tiny
-    from reference import make_reference
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"  # the benchmark's records: every instance has the same shape

@@ -78,8 +78,8 @@ def full_size_config(image_token_id: int, layers: int = 24):
 
 
 def build_model(path: Path) -> None:
-    from transformers import GotOcr2ImageProcessor, InternVLForConditionalGeneration
-    from transformers import InternVLProcessor, InternVLVideoProcessor
+    from transformers import (GotOcr2ImageProcessor, InternVLForConditionalGeneration, InternVLProcessor,
+                              InternVLVideoProcessor)
 
     from dreamprm.prompt import label_token_ids
     from dreamprm.tiny import IMAGENET_MEAN, IMAGENET_STD, build_tiny_tokenizer
@@ -215,8 +215,8 @@ def probe_probabilities(prm, item, pad_id: int, autocast: bool) -> torch.Tensor:
 def reference_probe(model_dir: Path, data: Path, device: str) -> torch.Tensor:
     """The reference-equivalent computation (stock forward, full-vocabulary softmax at every
     position, under autocast as Betty runs it) on the first training instance."""
-    from dreamprm.records import load_records
     from dreamprm.batching import ConversationDataset, ExampleBuilder
+    from dreamprm.records import load_records
 
     prm = ReferenceProcessRewardModel.from_pretrained(model_dir, device=device, precision=precision(device))
     records, _ = load_records(data / "train.json", "train")

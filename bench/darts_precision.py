@@ -80,8 +80,8 @@ def compare(got, ref) -> str:
 
 def datasets(prm0, folder: Path, max_patch_num: int, n_train: int, n_meta: int):
     """The first ``n_train`` training and ``n_meta`` meta records of ``folder``'s sample files."""
-    from dreamprm.records import load_records
     from dreamprm.batching import ConversationDataset, ExampleBuilder
+    from dreamprm.records import load_records
 
     builder = ExampleBuilder(prm0.processor, max_patch_num)
     train, _ = load_records(folder / "train.json", "train")

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dreamprm.records import DataError, load_records
 from dreamprm.batching import BatchStream, ConversationDataset, ExampleBuilder, drop_overlong
 from dreamprm.prompt import candidate_conversation
+from dreamprm.records import DataError, load_records
 from dreamprm.steps import split_steps
 
 DATA = Path(__file__).resolve().parents[1] / "data"

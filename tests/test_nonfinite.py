@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from runs import read_metrics, run_trainer, train_argv, train_config
 
 # A skipped first update makes Betty step the scheduler before any optimizer step: expected here.

@@ -131,8 +131,8 @@ def _tree(folder):
 
 
 def test_chat_layout_folder_loads_in_memory_with_the_converted_scores(chat_and_native, capsys):
-    from dreamprm.scoring import load_scorer
     from dreamprm.prm import ProcessRewardModel
+    from dreamprm.scoring import load_scorer
 
     chat, native = chat_and_native
     before, siblings = _tree(chat), sorted(p.name for p in chat.parent.iterdir())

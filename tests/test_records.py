@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import train
-from dreamprm.records import DataError, load_records, resolve_image
 from dreamprm.prompt import SYSTEM_PROMPT
+from dreamprm.records import DataError, load_records, resolve_image
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from runs import read_metrics, run_trainer, train_argv
 from safetensors import safe_open
 from safetensors.torch import load_file
-
-from runs import read_metrics, run_trainer, train_argv
 
 # A skipped first update makes Betty step the scheduler before any optimizer step: expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`:UserWarning")

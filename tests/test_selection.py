@@ -6,22 +6,13 @@ from fractions import Fraction
 from itertools import combinations
 
 import pytest
+from upstream_oracles import upstream_select
 
 from dreamprm.aggregation import AGGREGATIONS
 from dreamprm.results import summarise
-from dreamprm.selection import (
-    accuracy_vs_n,
-    first_candidate,
-    majority_index,
-    oracle,
-    pass_at_1,
-    random_pick,
-    select,
-    selection_order,
-    self_consistency_index,
-)
+from dreamprm.selection import (accuracy_vs_n, first_candidate, majority_index, oracle, pass_at_1, random_pick, select,
+                                selection_order, self_consistency_index)
 from dreamprm.steps import extract_answer
-from upstream_oracles import upstream_select
 
 
 def test_select_ties_go_to_the_later_candidate_as_upstream():

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from upstream_oracles import upstream_select
 
 from dreamprm.aggregation import AGGREGATIONS
 from dreamprm.batching import ExampleBuilder, collate
@@ -24,7 +25,6 @@ from dreamprm.prm import ModelLoadError, ProcessRewardModel
 from dreamprm.prompt import candidate_conversation, encode_conversation
 from dreamprm.selection import select
 from dreamprm.steps import split_steps
-from upstream_oracles import upstream_select
 
 ROOT = Path(__file__).resolve().parents[1]
 

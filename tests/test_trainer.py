@@ -16,12 +16,12 @@ from torch.func import functional_call
 
 import train
 from arguments import parse_train_args, train_parser
-from dreamprm.records import load_records
 from dreamprm.batching import BatchStream, ConversationDataset, ExampleBuilder, collate
+from dreamprm.config import TrainConfig
 from dreamprm.losses import instance_losses, meta_loss
 from dreamprm.prm import ProcessRewardModel
 from dreamprm.problems import IterationEngine, LowerProblem, UpperProblem
-from dreamprm.config import TrainConfig
+from dreamprm.records import load_records
 from dreamprm.trainer import Trainer, write_figures
 from dreamprm.weighting import DomainTable, WeightTable
 

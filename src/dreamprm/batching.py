@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .records import DataError, plural, record_label, resolve_image
 from .prompt import PromptError, candidate_conversation, encode_conversation, encoded_lengths
+from .records import DataError, plural, record_label, resolve_image
 
 
 def load_rgb(path) -> Image.Image:

@@ -51,10 +51,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .records import resolve_image
 from .batching import ExampleBuilder, collate, load_rgb
 from .prm import Prefix, ProcessRewardModel
 from .prompt import PromptError, candidate_conversation, encode_conversation
+from .records import resolve_image
 from .results import question_result
 from .steps import SPLITTERS, split_steps
 

@@ -27,15 +27,15 @@ import torch
 from betty.configs import EngineConfig
 from tqdm.auto import tqdm
 
+from .batching import BatchStream, ConversationDataset, ExampleBuilder, drop_overlong
 from .checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, read_run_config,
                          read_trainer_state, save_checkpoint, verify_checkpoint)
 from .config import TrainConfig
-from .records import load_records, plural
-from .batching import BatchStream, ConversationDataset, ExampleBuilder, drop_overlong
 from .jsonio import atomic_write_text, write_json
 from .optim import make_optimizer, make_scheduler
 from .prm import ProcessRewardModel
 from .problems import IterationEngine, LowerProblem, UpperProblem, all_finite, problem_config
+from .records import load_records, plural
 from .runfolder import EXPORT_MANIFEST, RunFolder, RunFolderError, open_append
 from .weighting import build_weight_model
 
