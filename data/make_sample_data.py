@@ -7,6 +7,9 @@ solution's claims never recover after a mistake, so this per-step rule agrees wi
 PRM's "correct up to this step" reading. Three domains word questions and steps
 differently (shapes, charts, scenes) and draw slightly different pictures.
 
+``questions.json`` holds the test questions alone (id, question, image, answer; every other one
+with ``options``), the input of ``python -m dreamprm.generate``.
+
 Output is byte-for-byte reproducible: fixed seeds, PNGs without metadata, JSON written with
 ``indent=1, ensure_ascii=False`` and a trailing newline. Formats: README.md, "Data formats".
 An output that cannot be written (``--out`` is a file, a folder without write permission)
@@ -148,13 +151,22 @@ class Maker:
             recs.append(rec)
         return recs
 
-    def test(self, n: int, seed: int) -> list[dict]:
-        """Best-of-N questions: question 0 all right, question 1 all wrong, the rest mixed."""
+    def test(self, n: int, seed: int) -> tuple[list[dict], list[dict]]:
+        """Best-of-N questions (question 0 all right, question 1 all wrong, the rest mixed) and
+        the same questions without candidates, with their answers (every other one as multiple
+        choice among the four colours), for ``python -m dreamprm.generate``."""
         rng = random.Random(seed)
-        recs = []
+        recs, questions = [], []
         for k in range(n):
             domain = sorted(DOMAINS)[k % len(DOMAINS)]
             rel, question, obj, truth = self.item(rng, domain)
+            q = {"id": f"test_{k:03d}", "question": question, "image": rel}
+            if k % 2:
+                q["options"] = sorted(COLOURS)
+                q["answer"] = "ABCD"[sorted(COLOURS).index(truth)]
+            else:
+                q["answer"] = truth
+            questions.append(q)
             n_cand = rng.randint(4, 8)
             if k == 0:
                 patterns = ["right"] * n_cand
@@ -172,7 +184,7 @@ class Maker:
                 tf.append(answer == truth)
             recs.append({"id": f"test_{k:03d}", "question": question, "image_path": rel,
                          "candidates": cands, "true_false": tf})
-        return recs
+        return recs, questions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out / "train.json", maker.records(48, seed=1, prefix="train"))
         write_json(out / "coldstart.json", maker.records(32, seed=2, prefix=None))
         write_json(out / "meta.json", maker.records(16, seed=3, prefix="meta", meta=True))
-        write_json(out / "test.json", maker.test(8, seed=4))
+        test, questions = maker.test(8, seed=4)
+        write_json(out / "test.json", test)
+        write_json(out / "questions.json", questions)
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         where = getattr(exc, "filename", None) or out
         print(f"error: {where}: cannot write ({getattr(exc, 'strerror', None) or exc})", file=sys.stderr)

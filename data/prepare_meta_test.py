@@ -34,8 +34,8 @@ Outputs
 * ``--test_out``: one record per question with candidates: ``{"id", "question", "image_path",
   "candidates", "true_false"}``.
 
-Answer checking (:func:`extract_choice`, :func:`choice_is_correct`, :func:`free_is_correct`)
---------------------------------------------------------------------------------------------
+Answer checking (``dreamprm.answers``: :func:`extract_choice`, :func:`free_is_correct`, :func:`is_correct`)
+--------------------------------------------------------------------------------------------------------
 The answer text is what follows the last ``Answer:`` (``dreamprm.steps.extract_answer``); without
 one, the last "answer is X" / "final answer: X" phrase, else a trailing ``\\boxed{X}``.
 
@@ -58,151 +58,30 @@ outputs at once, an output that cannot be written), always as one ``error:`` lin
 from __future__ import annotations
 
 import argparse
-import ast
 import json
-import math
-import re
-import string
 import sys
 from collections import Counter
 from pathlib import Path
 
 try:
+    from dreamprm.answers import (answer_key, answer_text, extract_choice, free_is_correct,  # noqa: F401
+                                  is_correct, normalize_options, options_block)
     from dreamprm.records import DataError
     from dreamprm.jsonio import iter_file_records, same_file, write_json
     from dreamprm.prompt import SYSTEM_PROMPT
-    from dreamprm.steps import SPLITTERS, extract_answer, split_steps
+    from dreamprm.steps import SPLITTERS, split_steps
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from dreamprm.answers import (answer_key, answer_text, extract_choice, free_is_correct,  # noqa: F401
+                                  is_correct, normalize_options, options_block)
     from dreamprm.records import DataError
     from dreamprm.jsonio import iter_file_records, same_file, write_json
     from dreamprm.prompt import SYSTEM_PROMPT
-    from dreamprm.steps import SPLITTERS, extract_answer, split_steps
-
-LETTERS = string.ascii_uppercase
+    from dreamprm.steps import SPLITTERS, split_steps
 
 
 def _err(where: str, field: str, problem: str) -> DataError:
     return DataError(f"{where}: {field}: {problem}")
-
-
-# ----------------------------------------------------------------------------------------------
-# answer extraction and checking
-# ----------------------------------------------------------------------------------------------
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-_PHRASE = re.compile(r"(?:final\s+answer|answer\s+is|answer\s*[:：])\s*[:：]?\s*(.+)", re.IGNORECASE)
-_LEAD_LETTER = re.compile(
-    r"^\s*(?P<pre>(?:option|choice)\s+)?(?P<open>[(\[]?)(?P<letter>[A-Za-z])(?P<close>[)\]]?)(?=$|[\s.,:;)!?])(?P<rest>.*)$",
-    re.IGNORECASE | re.DOTALL,
-)
-
-
-def answer_text(candidate: str) -> str | None:
-    """The candidate's final-answer text (see module docstring), or None."""
-    ans = extract_answer(candidate)
-    if ans is None:
-        hits = list(_PHRASE.finditer(candidate))
-        if hits:
-            ans = hits[-1].group(1).strip().splitlines()[0]
-        else:
-            boxes = _BOXED.findall(candidate)
-            ans = boxes[-1] if boxes else None
-    if ans is None:
-        return None
-    inner = list(_PHRASE.finditer(ans))  # "Answer: the answer is B"
-    if inner:
-        ans = inner[-1].group(1)
-    box = _BOXED.search(ans)
-    if box:
-        ans = box.group(1)
-    ans = ans.strip().strip("*$ ").rstrip(".。").strip()
-    return ans or None
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", str(text)).strip().strip(".。,;:!? ").lower()
-
-
-def normalize_options(options) -> dict[str, str]:
-    """``{"A": text, ...}`` from a list, a dict, or the string form of a list; {} for none."""
-    if options is None or options == "" or options == []:
-        return {}
-    if isinstance(options, str):
-        try:
-            options = ast.literal_eval(options)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            raise ValueError("string is not a list literal") from None
-    if isinstance(options, dict):
-        out = {}
-        for k, v in options.items():
-            if not (isinstance(k, str) and len(k.strip()) == 1 and k.strip().upper() in LETTERS):
-                raise ValueError(f"option key {k!r} is not a letter")
-            out[k.strip().upper()] = str(v)
-        return out
-    if isinstance(options, (list, tuple)):
-        if len(options) > len(LETTERS):
-            raise ValueError("more than 26 options")
-        return {LETTERS[i]: str(v) for i, v in enumerate(options)}
-    raise ValueError(f"expected a list or a dict, got {type(options).__name__}")
-
-
-def extract_choice(candidate: str, options: dict[str, str]) -> str | None:
-    """The option letter a candidate picks, or None (see module docstring)."""
-    ans = answer_text(candidate)
-    if ans is None:
-        return None
-    m = _LEAD_LETTER.match(ans)
-    if m and m.group("letter").upper() in options:
-        letter, rest = m.group("letter").upper(), m.group("rest")
-        marked = bool(m.group("pre") or m.group("open") or m.group("close"))
-        # "B", "(B)", "Option B", "B.", "B) 42", "B: 42" name a letter; "a cat" may be option text
-        if marked or not rest.strip() or rest[:1] in ".,:;)!?" or _norm(rest) == _norm(options[letter]):
-            return letter
-    na = _norm(ans)
-    exact = [k for k, v in options.items() if _norm(v) == na]
-    if len(exact) == 1:
-        return exact[0]
-    contained = [k for k, v in options.items()
-                 if _norm(v) and re.search(r"(?<!\w)" + re.escape(_norm(v)) + r"(?!\w)", na)]
-    if len(contained) == 1:
-        return contained[0]
-    return None
-
-
-def choice_is_correct(candidate: str, options: dict[str, str], key: str) -> bool:
-    return extract_choice(candidate, options) == key
-
-
-_NUM = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?$", re.IGNORECASE)
-
-
-def to_number(text: str) -> float | None:
-    """A float from '1,234.5', '45%', '$3', '3/4', or None."""
-    t = str(text).strip().replace("$", "").replace("\\%", "%").strip()
-    t = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", t)  # thousands separators only: "1,000" but not "1,2"
-    t = t.rstrip("%").strip()
-    if re.fullmatch(r"[-+]?\d+\s*/\s*\d+", t):
-        a, b = (float(x) for x in t.split("/"))
-        return None if b == 0 else a / b
-    if _NUM.match(t):
-        return float(t)  # a trailing % is read as a unit: "45%" == "45"
-    return None
-
-
-def free_is_correct(pred: str | None, gold) -> bool:
-    """Free-text answer check with numeric tolerance (see module docstring)."""
-    if pred is None:
-        return False
-    golds = gold if isinstance(gold, (list, tuple)) else [gold]
-    p_num = to_number(pred)
-    for g in golds:
-        g_num = to_number(str(g))
-        if p_num is not None and g_num is not None:
-            if math.isclose(p_num, g_num, rel_tol=1e-2, abs_tol=1e-6):
-                return True
-        elif _norm(pred) == _norm(str(g)):
-            return True
-    return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,32 +137,13 @@ def read_questions(paths, image_root: str | None = None, skipped: set | None = N
                 continue
             if image_root:
                 image = str(Path(image_root) / image)
-            answer = rec.get("answer")
-            if options:
-                if not isinstance(answer, str) or not answer.strip():
-                    raise _err(where, "answer", "missing")
-                key = answer.strip().strip("()").upper()
-                if key not in options:
-                    by_text = [k for k, v in options.items() if _norm(v) == _norm(answer)]
-                    if len(by_text) != 1:
-                        raise _err(where, "answer",
-                                   f"{answer[:40]!r} is not one of the option letters {''.join(options)}")
-                    key = by_text[0]
-                answer = key
-            elif isinstance(answer, (int, float)) and not isinstance(answer, bool):
-                answer = str(answer)
-            elif isinstance(answer, str) and answer.strip().startswith("["):
-                try:
-                    parsed = ast.literal_eval(answer)
-                    if isinstance(parsed, (list, tuple)):
-                        answer = [str(a) for a in parsed]
-                except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                    pass
-            if not answer or not (isinstance(answer, str) or isinstance(answer, list)):
-                raise _err(where, "answer", "missing")
+            try:
+                answer = answer_key(rec.get("answer"), options)
+            except ValueError as e:
+                raise _err(where, "answer", str(e)) from None
             text = q.strip()
             if options:
-                text += "\n" + "\n".join(f"{k}. {v}" for k, v in options.items())
+                text += "\n" + options_block(options)
             out[str(qid)] = {"id": qid, "question": text, "image_path": image, "options": options,
                              "answer": answer, "where": where}
     return out
@@ -314,12 +174,6 @@ def read_candidates(path, questions: dict, splitter: str = "upstream", skipped: 
             raise _err(where, "candidate", "no non-empty step after splitting")
         cands.setdefault(str(qid), []).append(c)
     return cands
-
-
-def is_correct(candidate: str, q: dict) -> bool:
-    if q["options"]:
-        return choice_is_correct(candidate, q["options"], q["answer"])
-    return free_is_correct(answer_text(candidate), q["answer"])
 
 
 def meta_record(rid: str, question: str, image: str, candidate: str, ok: bool,

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from dreamprm.answers import is_correct
 from dreamprm.steps import extract_answer, split_steps
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SCRIPT = DATA / "make_sample_data.py"
-JSONS = ["train.json", "coldstart.json", "meta.json", "test.json"]
+JSONS = ["train.json", "coldstart.json", "meta.json", "test.json", "questions.json"]
 COLOURS = {"red", "green", "blue", "yellow"}
 
 
@@ -138,3 +139,14 @@ def test_an_output_that_cannot_be_a_folder_is_one_line(tmp_path, where):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert str(out) in proc.stderr and blocker.read_text() == "x"
+
+
+def test_questions_file_is_the_test_questions_with_their_answers():
+    questions, tests = load("questions.json"), load("test.json")
+    assert [q["id"] for q in questions] == [t["id"] for t in tests]
+    assert any("options" in q for q in questions) and not all("options" in q for q in questions)
+    for q, t in zip(questions, tests):
+        assert set(q) <= {"id", "question", "image", "options", "answer"}
+        assert (q["question"], q["image"]) == (t["question"], t["image_path"])
+        # the answer checker agrees with the sample's own labels, multiple choice or free text
+        assert [is_correct(c, q) for c in t["candidates"]] == t["true_false"]
