@@ -43,6 +43,11 @@ BAD_TRAIN_FLAGS = [
     (["--max_length", "0"], "--max_length must be at least 1"),
     (["--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
     (["--reweighting", "domain", "--activation_function", "Clip"], "--activation_function does not apply"),
+    (["--save_best"], "--save_best needs --eval_json_file"),
+    (["--eval_every", "100"], "--eval_every needs --eval_json_file"),
+    (["--eval_json_file", "t.json", "--eval_every", "-1"], "--eval_every must be 0 or more (got -1)"),
+    (["--eval_json_file", "t.json", "--eval_batch_size", "0"], "--eval_batch_size must be at least 1"),
+    (["--eval_json_file", "t.json", "--eval_max_patch_num", "0"], "--eval_max_patch_num must be at least 1"),
 ]
 
 BAD_TEST_FLAGS = [

@@ -205,3 +205,61 @@ def test_curve_figure_every_line_visible_and_readable_ticks(tmp_path):
     plt.close(fig)
     out = plot_curve(curve, tmp_path / "figs" / "curve.png")
     assert out == tmp_path / "figs" / "curve.png" and out.stat().st_size > 10_000
+
+
+# -- evaluation during training -----------------------------------------------------------------
+def _eval_rows(tmp_path, meta=True, every=10):
+    """60 iterations, evaluated every ``every`` (and at 60): mean = log_mean = log_odds, max and
+    min their own; pass@1 and oracle the same at every evaluation (same records)."""
+    rows = []
+    for it in range(1, 61):
+        row = {"iteration": it, "lower_loss": 1.0 / it, "weighted_loss": 1.0 / it}
+        if meta:
+            row["meta_loss"] = 0.5
+        if it % every == 0 or it == 60:
+            k = it // every
+            acc = 0.5 + 0.05 * (k % 3)
+            row.update({"eval_accuracy_mean": acc, "eval_accuracy_log_mean": acc, "eval_accuracy_max": acc - 0.1,
+                        "eval_accuracy_min": acc + 0.025, "eval_accuracy_log_odds": acc, "eval_pass@1": 0.45,
+                        "eval_first_candidate": 0.4, "eval_oracle": 0.9, "eval_self_consistency": 0.55,
+                        "eval_questions": 40, "eval_seconds": 1.5})
+        rows.append(row)
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_evaluated_runs_get_an_accuracy_panel(tmp_path):
+    fig = _drawn(loss_figure(_eval_rows(tmp_path)))
+    try:
+        lower, meta, acc = fig.axes
+        assert acc.get_title() == "Evaluation during training: best-of-N accuracy on 40 questions (6 evaluations)"
+        labels = [t.get_text() for t in acc.get_legend().get_texts()]
+        assert labels == ["PRM mean", "PRM log_mean (same as mean)", "PRM max", "PRM min",
+                          "PRM log_odds (same as mean)", "pass@1 (random pick) 45.0%", "oracle (any correct) 90.0%",
+                          "best mean: iteration 20"]  # 0.6 at 20 and 50: the first is the one --save_best keeps
+        lines = acc.get_lines()
+        assert len(lines) == 8
+        prm = lines[:5]
+        assert [list(line.get_xdata()) for line in prm] == [[10, 20, 30, 40, 50, 60]] * 5
+        assert [round(y, 6) for y in prm[0].get_ydata()] == [55.0, 60.0, 50.0, 55.0, 60.0, 50.0]
+        assert len({line.get_marker() for line in prm}) == 5  # coinciding lines stay told apart
+        assert list(lines[5].get_ydata()) == [45.0, 45.0]  # flat reference lines across the panel
+        bottom, top = acc.get_ylim()
+        assert bottom < 40 and 90 < top <= 102
+        assert acc.get_xlabel() == "iteration" and meta.get_xlabel() == lower.get_xlabel() == ""
+    finally:
+        plt.close(fig)
+    out = plot_losses(tmp_path / "metrics.jsonl", tmp_path / "figs" / "losses.png")
+    assert out.stat().st_size > 10_000
+
+
+def test_a_cold_start_evaluated_once_gets_two_panels(tmp_path):
+    fig = _drawn(loss_figure(_eval_rows(tmp_path, meta=False, every=1000)))
+    try:
+        lower, acc = fig.axes
+        assert acc.get_title().endswith("(1 evaluation)")
+        assert len(acc.get_lines()) == 7  # one point per aggregation, two references, no best ring
+        assert all(list(line.get_xdata()) == [60] for line in acc.get_lines()[:5])
+    finally:
+        plt.close(fig)

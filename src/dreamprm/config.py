@@ -201,6 +201,21 @@ class TrainConfig:
     figs_dir: str | None = _system(None, "where training figures go (default: <weights_path>/figs)")
     no_progress: bool = _system(False, "no tqdm bar (e.g. in log files)", switch=True)
 
+    eval_json_file: str | None = _system(
+        None, "evaluation during training: test-format records (question, image_path, candidates, true_false) "
+              "scored best-of-N with the PRM being trained, as test.py scores them; the accuracies go into "
+              "metrics.jsonl as eval_* keys (default: no evaluation)")
+    eval_every: int = _system(
+        0, "with --eval_json_file: evaluate every N iterations and at the end; 0 = only at the end "
+           "(default: %(default)s)")
+    save_best: bool = _system(
+        False, "with --eval_json_file: keep the best evaluated model (by eval_accuracy_mean; ties keep the "
+               "earlier) in --weights_path/best", switch=True)
+    eval_max_patch_num: int = _system(12, "maximum image tiles in evaluation, as test.py's --max_patch_num "
+                                          "(default: %(default)s)")
+    eval_batch_size: int = _system(8, "candidates per language-model batch in evaluation, as test.py's "
+                                      "--batch_size (default: %(default)s)")
+
     @property
     def bilevel(self) -> bool:
         """Bi-level reweighting, as opposed to the lower level alone (cold start or baseline)."""
@@ -229,7 +244,7 @@ class TrainConfig:
         _check_positive_ints(self, ("batch_size", "meta_batch_size", "unroll_steps", "gradiant_accumulation",
                                     "iteration_num", "save_every_iterations", "max_patch_num", "max_bad_steps",
                                     "hidden_dim", "scheduler_step_size", "meta_scheduler_step_size",
-                                    "keep_checkpoints"))
+                                    "keep_checkpoints", "eval_max_patch_num", "eval_batch_size"))
         if self.max_length is not None:
             _require(self.max_length >= 1, f"--max_length must be at least 1 (got {self.max_length})")
         if self.num_workers is not None:
@@ -256,6 +271,11 @@ class TrainConfig:
                  "--activation_function does not apply to --reweighting domain: DreamPRM's Domain Table "
                  "weighs domains by softplus(raw) / mean(softplus(raw))")
         _require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other: pick one")
+        _require(self.eval_every >= 0, f"--eval_every must be 0 or more (got {self.eval_every})")
+        if self.eval_json_file is None:
+            _require(not self.save_best, "--save_best needs --eval_json_file: the best model is chosen by its "
+                                         "evaluation accuracy")
+            _require(self.eval_every == 0, "--eval_every needs --eval_json_file: the records to evaluate on")
         _require(self.weights_path is not None,
                  "--weights_path is not set (with_default_weights_path() fills in ./weights/<mode>)")
 

@@ -3,7 +3,11 @@
 * :func:`plot_losses`: the lower-level losses (plain and weighted) in one panel, the meta loss
   in its own panel below. The weighted loss is drawn dashed over a wide translucent plain
   loss, so both stay visible when they coincide (every weight 1), and the legend says so.
-  Raw per-iteration values are faint; the bold line is their moving average.
+  Raw per-iteration values are faint; the bold line is their moving average. A run evaluated
+  during training (``eval_*`` keys in its rows) gets a last panel: the best-of-N accuracy of
+  every aggregation at each evaluation (own marker and line style each, as in
+  :func:`plot_curve`), the best mean-aggregation evaluation ringed, and pass@1 and the oracle
+  as reference lines.
 * :func:`plot_weights`: for per-instance weights (Instance Table, Instance Net) a histogram
   with integer count ticks beside a dot plot of each domain's mean weight (95% interval, value
   and instance count written beside it) on an axis zoomed to the means; for a handful of
@@ -108,11 +112,15 @@ def plot_losses(metrics_path: Path, out: Path) -> Path:
 
 
 def loss_figure(metrics_path: Path):
-    """Loss curves of a run's ``metrics.jsonl``: lower level on top, meta loss (bi-level runs) below."""
+    """Loss curves of a run's ``metrics.jsonl``: lower level on top, meta loss (bi-level runs) below,
+    and the evaluation accuracies (runs evaluated during training) at the bottom."""
     rows = read_metrics(metrics_path)
     series = {key: _series(rows, key) for key, _, _ in (*LOSSES, META)}
     has_meta = bool(series[META[0]][0])
-    fig, axes = plt.subplots(2 if has_meta else 1, 1, figsize=(10, 6.4 if has_meta else 4), sharex=True, squeeze=False)
+    evals = [r for r in rows if any(isinstance(r.get(f"eval_accuracy_{a}"), (int, float)) for a in AGGREGATIONS)]
+    heights = [4] + [2.4] * has_meta + [3.2] * bool(evals)
+    fig, axes = plt.subplots(len(heights), 1, figsize=(10, sum(heights)), sharex=True, squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
     top = axes[0][0]
     (lx, ly), (wx, wy) = series["lower_loss"], series["weighted_loss"]
     window = _window(len(ly or wy))
@@ -140,10 +148,68 @@ def loss_figure(metrics_path: Path):
         _loss_axis(bottom, my, _window(len(mx)))
         bottom.set_title(f"Upper level: meta loss ({len(mx)} meta steps)")
         _legend_outside(bottom)
+    if evals:
+        bottom = axes[-1][0]
+        _accuracy_panel(bottom, evals)
     bottom.set_xlabel("iteration")
-    if ly or wy:
+    if ly or wy or evals:
         bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
+
+
+# (metrics key, legend label, style) of the evaluation panel's reference lines
+EVAL_REFERENCES = (("eval_pass@1", "pass@1 (random pick)", dict(linestyle=(0, (1, 2)), color="0.45", linewidth=1.6)),
+                   ("eval_oracle", "oracle (any correct)", dict(linestyle=(0, (4, 2)), color="black", linewidth=1.4)))
+
+
+def _accuracy_panel(ax, rows: list[dict]) -> None:
+    """Best-of-N accuracy at each evaluation: one line per aggregation, pass@1 and oracle for
+    reference (flat lines when, as usual, every evaluation used the same records)."""
+    values = []
+    drawn = {}
+    for name in AGGREGATIONS:  # drawn in this order, so the legend and the lines keep it
+        xs, ys = _series(rows, f"eval_accuracy_{name}")
+        if not xs:
+            continue
+        same = next((other for other, pts in drawn.items() if pts == (xs, ys)), None)
+        drawn[name] = (xs, ys)
+        marker, style, color = _AGG_STYLES[name]
+        ax.plot(xs, [100 * y for y in ys], marker=marker, linestyle=style, color=color, markersize=6,
+                markerfacecolor="none", markeredgewidth=1.4, linewidth=1.4,
+                label=f"PRM {name}" + (f" (same as {same})" if same else ""))
+        values += ys
+    for key, label, style in EVAL_REFERENCES:
+        xs, ys = _series(rows, key)
+        if not xs:
+            continue
+        if len(set(ys)) == 1:  # the same records every time: one flat line across the panel
+            ax.axhline(100 * ys[0], label=f"{label} {100 * ys[0]:.1f}%", **style)
+        else:
+            ax.plot(xs, [100 * y for y in ys], label=label, **style)
+        values += ys
+    if not values:
+        return
+    bx, by = _series(rows, "eval_accuracy_mean")
+    if len(bx) > 1:  # the evaluation --save_best keeps (the first of the highest)
+        best = by.index(max(by))
+        ax.plot([bx[best]], [100 * by[best]], marker="o", markersize=14, markerfacecolor="none",
+                markeredgecolor="tab:blue", markeredgewidth=1.2, linestyle="none",
+                label=f"best mean: iteration {bx[best]}")
+    lo, hi = 100 * min(values), 100 * max(values)
+    pad = max(3.0, 0.08 * (hi - lo))
+    top = min(102.0, hi + pad)
+    ax.set_ylim(lo - pad if lo - pad > 0 else -0.04 * top, top)  # a little room below 0 keeps markers visible
+    ticks = MaxNLocator(6, integer=True).tick_values(*ax.get_ylim())  # whole percents, none below 0
+    ax.yaxis.set_major_locator(FixedLocator([t for t in ticks if 0 <= t <= 100]))
+    ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    ax.set_ylabel("best-of-N accuracy")
+    ax.grid(alpha=0.3)
+    n = rows[-1].get("eval_questions")
+    on = f" on {n} questions" if isinstance(n, int) else ""
+    count = len(bx) or len(rows)
+    ax.set_title(f"Evaluation during training: best-of-N accuracy{on} "
+                 f"({count} evaluation{'' if count == 1 else 's'})")
+    _legend_outside(ax)
 
 
 # ----------------------------------------------------------------------------------------------

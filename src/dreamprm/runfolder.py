@@ -31,6 +31,9 @@ LOCK_NAME = ".lock"
 # (those are listed in EXPORT_MANIFEST when they are written).
 RUN_FILES = ("instance_weights.json", "train_args.json", "metrics.jsonl")
 EXPORT_MANIFEST = "export_manifest.json"
+# --save_best: the best evaluated model, in its own folder, marked by its BEST_INFO file
+BEST_DIR = "best"
+BEST_INFO = "best.json"
 # Temporary names this project creates (tempfile's 8-character random suffix included), so a
 # leftover of a killed run is recognised and nothing else is ever taken for one.
 TEMPORARY = re.compile(r"^\.(export|tmp-.+)-[a-z0-9_]{8}$")
@@ -102,7 +105,14 @@ class RunFolder:
         if (self.path / "config.json").exists() or any(self.path.glob("*.safetensors")):
             found.append("an exported model")
         found += [name for name in RUN_FILES if (self.path / name).exists()]
+        if self._best_folder():
+            found.append(f"a best model ({BEST_DIR}/)")
         return ", ".join(found) or None
+
+    def _best_folder(self) -> bool:
+        """Whether ``best/`` is a folder this project wrote (it holds ``best.json``)."""
+        best = self.path / BEST_DIR
+        return best.is_dir() and not best.is_symlink() and (best / BEST_INFO).is_file()
 
     def clean_temporaries(self) -> None:
         """Remove temporary folders/files a killed run of this project left (real ones, never symlinks)."""
@@ -127,6 +137,8 @@ class RunFolder:
                 target.unlink()
         for name in ("losses.png", "weights.png"):
             (self.path / "figs" / name).unlink(missing_ok=True)
+        if self._best_folder():
+            shutil.rmtree(self.path / BEST_DIR)
         self.clean_temporaries()
 
 

@@ -44,7 +44,7 @@ import os
 from bisect import bisect_right
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from typing import Sequence
 
 import torch
@@ -371,3 +371,37 @@ def evaluate(
         questions.append(q)
         candidates.append(cands)
     return questions, candidates
+
+
+@contextmanager
+def scoring_mode(module: torch.nn.Module):
+    """``module`` in eval mode under ``torch.inference_mode`` while inside; on the way out every
+    submodule gets back its own train/eval flag, so a model in training can be scored in place
+    and train on as before."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        with torch.inference_mode():
+            yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def evaluate_in_memory(
+    prm: ProcessRewardModel,
+    records: Sequence[dict],
+    json_path,
+    max_patch_num: int = 12,
+    batch_size: int = 8,
+    prefetch: int = 2,
+    allow_nonfinite: bool = False,
+    **scorer_options,
+) -> tuple[list[dict], list[list[str]]]:
+    """``evaluate`` with a PRM already in memory (the one being trained: no reload), scored as
+    test.py scores a loaded one (a ``Scorer`` with these options, no progress bar); the PRM's
+    train/eval modes are as they were afterwards (``scoring_mode``)."""
+    with scoring_mode(prm):
+        scorer = Scorer(prm, max_patch_num=max_patch_num, batch_size=batch_size, **scorer_options)
+        return evaluate(scorer, records, json_path, progress=False, prefetch=prefetch,
+                        allow_nonfinite=allow_nonfinite)

@@ -2,9 +2,16 @@
 
 Outputs in ``--weights_path`` (every ``--save_every_iterations`` and at the end):
 the PRM + processor (safetensors, loadable by ``from_pretrained``), ``instance_weights.json``,
-``train_args.json``, ``metrics.jsonl`` (one row per iteration), ``checkpoints/`` and ``figs/``.
+``train_args.json``, ``metrics.jsonl`` (one row per iteration), ``checkpoints/`` and ``figs/``;
+with ``--save_best``, ``best/``: the best evaluated model (see below).
 The folder belongs to one run (``runfolder.RunFolder``: locked, refused when it holds another
 run unless ``--resume``/``--overwrite``); nothing non-finite is ever exported or checkpointed.
+
+Evaluation during training (``--eval_json_file``, every ``--eval_every`` iterations and at the
+end): best-of-N on test-format records with the PRM being trained, scored in place as test.py
+scores a saved one; the accuracies join that iteration's metrics row as ``eval_*`` keys. It
+leaves training as it was: modes are restored, autograd is off, the RNG states are put back and
+the data streams are never touched, so the weights equal those of a run without it.
 """
 
 from __future__ import annotations
@@ -29,17 +36,20 @@ from tqdm.auto import tqdm
 
 from .batching import BatchStream, ConversationDataset, ExampleBuilder, drop_overlong
 from .checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, read_run_config,
-                         read_trainer_state, save_checkpoint, verify_checkpoint)
+                         read_trainer_state, rng_state, save_checkpoint, set_rng_state, verify_checkpoint)
 from .config import TrainConfig
 from .jsonio import atomic_write_text, write_json
 from .optim import make_optimizer, make_scheduler
 from .prm import ProcessRewardModel
 from .problems import IterationEngine, LowerProblem, UpperProblem, all_finite, problem_config
 from .records import load_records, plural
-from .runfolder import EXPORT_MANIFEST, RunFolder, RunFolderError, open_append
+from .results import BASELINE_NAMES, summarise
+from .runfolder import BEST_DIR, BEST_INFO, EXPORT_MANIFEST, RunFolder, RunFolderError, open_append
+from .scoring import evaluate_in_memory
 from .weighting import build_weight_model
 
 STAGES = {"table": "Instance Table", "net": "Instance Net", "domain": "Domain Table"}
+BEST_METRIC = "eval_accuracy_mean"  # what --save_best ranks evaluations by
 
 
 def quiet_libraries() -> None:
@@ -88,6 +98,15 @@ def check_logger(name: str) -> None:
         raise SetupError(f"--logger {name} needs the {package} package: {sys.executable} -m pip install {package}")
 
 
+def eval_metrics(summary: dict) -> dict:
+    """The ``eval_*`` keys of a metrics row from a best-of-N summary (``results.summarise``):
+    every aggregation's accuracy, the baselines and the question count."""
+    row = {f"eval_accuracy_{name}": value for name, value in summary["accuracy"].items()}
+    row.update({f"eval_{name}": summary[name] for name in BASELINE_NAMES})
+    row["eval_questions"] = summary["n_questions"]
+    return row
+
+
 def model_signature(model: torch.nn.Module) -> str:
     """A hash of the parameter names and shapes: equal for checkpoints of one architecture."""
     shapes = sorted((name, list(p.shape)) for name, p in model.named_parameters())
@@ -116,6 +135,10 @@ class Trainer:
         self._signal = None  # the signal received, once one is
         self._last_time = 0.0
         self._last_meta = None  # the latest meta loss, for the progress bar
+        # --save_best: the best evaluation so far ({iteration, accuracy, eval_json_file, questions});
+        # part of the checkpointed state, so a resumed run keeps the same best
+        self.best_eval: dict | None = None
+        self._eval_notes: list[str] = []  # what the latest evaluation's summary counted (truncated, ...)
         self.folder = RunFolder(self.out).open()
         try:
             quiet_libraries()
@@ -132,6 +155,11 @@ class Trainer:
                 meta_records, meta_report = load_records(config.meta_json_file, "meta",
                                                          skip_bad=config.skip_bad_records)
                 print(meta_report.summary())
+            self.eval_records = None
+            if config.eval_json_file is not None:
+                self.eval_records, eval_report = load_records(config.eval_json_file, "test",
+                                                              skip_bad=config.skip_bad_records)
+                print(eval_report.summary())
 
             self.prm = self._load_prm()
             builder = ExampleBuilder(self.prm.processor, config.max_patch_num)
@@ -348,7 +376,8 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------------------
     def trainer_state(self) -> dict:
-        state = {"train_stream": self.train_stream.state_dict(), "net_seen": self.net_seen}
+        state = {"train_stream": self.train_stream.state_dict(), "net_seen": self.net_seen,
+                 "best_eval": self.best_eval}
         for prob in self.problems():
             state[prob.name] = prob.state_dict()
         if self.meta_stream is not None:
@@ -365,6 +394,7 @@ class Trainer:
             if self.meta_stream is not None:
                 self.meta_stream.load_state_dict(state["meta_stream"])
             self.net_seen = dict(state.get("net_seen", {}))
+            self.best_eval = self._restored_best(state.get("best_eval"), int(state["iteration"]))
             for prob in self.problems():
                 prob.load_state_dict(state[prob.name])
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
@@ -373,6 +403,32 @@ class Trainer:
         it = int(state["iteration"])
         print(f"resumed from {ckpt} at iteration {it}")
         return it
+
+    def _restored_best(self, best, start: int) -> dict | None:
+        """The checkpoint's best evaluation; forgotten (with a note) when this run evaluates with
+        --save_best on other records, whose accuracies do not compare."""
+        if not isinstance(best, dict):
+            return None
+        if self.config.save_best and self.eval_records is not None:
+            here = (str(Path(self.config.eval_json_file).resolve()), len(self.eval_records))
+            if (best.get("eval_json_file"), best.get("questions")) != here:
+                print(f"note: --save_best: the best so far (iteration {best.get('iteration')}) was evaluated on "
+                      f"{best.get('eval_json_file')} ({best.get('questions')} questions), not {here[0]} "
+                      f"({here[1]}); the next evaluation starts a new best", file=sys.stderr)
+                return None
+            on_disk = self._best_on_disk()
+            if on_disk is not None and on_disk > start:
+                print(f"note: {self.out / BEST_DIR} holds iteration {on_disk}, after the checkpoint resumed "
+                      f"from; it stays until an evaluation of this run beats iteration {best.get('iteration')}'s",
+                      file=sys.stderr)
+        return dict(best)
+
+    def _best_on_disk(self) -> int | None:
+        """The iteration of the model in best/, or None."""
+        try:
+            return int(json.loads((self.out / BEST_DIR / BEST_INFO).read_text(encoding="utf-8"))["iteration"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     # -- outputs ---------------------------------------------------------------------------
     def instance_weights(self) -> dict | None:
@@ -421,6 +477,88 @@ class Trainer:
         return save_checkpoint(self.out, iteration, self.prm, self.weight_model, self.trainer_state(),
                                self.run_config(), keep=self.config.keep_checkpoints)
 
+    # -- evaluation during training ----------------------------------------------------------
+    def evaluates_at(self, iteration: int) -> bool:
+        """Whether ``iteration`` ends with an evaluation: every --eval_every and the last one."""
+        if self.eval_records is None:
+            return False
+        every = self.config.eval_every
+        return iteration == self.config.iteration_num or (every > 0 and iteration % every == 0)
+
+    def evaluate(self) -> dict:
+        """Best-of-N on --eval_json_file with the PRM as it is now: the ``eval_*`` values of a
+        metrics row (``eval_metrics``) plus ``eval_seconds``. The RNG states are put back after
+        scoring, so training goes on exactly as it would have without it."""
+        c = self.config
+        start = time.perf_counter()
+        rng = rng_state()
+        try:
+            questions, candidates = evaluate_in_memory(self.prm, self.eval_records, c.eval_json_file,
+                                                       max_patch_num=c.eval_max_patch_num,
+                                                       batch_size=c.eval_batch_size, allow_nonfinite=True)
+        finally:
+            set_rng_state(rng)
+        summary = summarise(questions, candidates)
+        row = eval_metrics(summary)
+        row["eval_seconds"] = round(time.perf_counter() - start, 6)
+        self._eval_notes = [f"{summary[key]} {what}" for key, what in (
+            ("truncated_candidates", "truncated"), ("unscorable_candidates", "unscorable"),
+            ("nonfinite_candidates", "with non-finite scores")) if summary[key]]
+        return row
+
+    def _is_new_best(self, row: dict) -> bool:
+        return self.best_eval is None or row[BEST_METRIC] > self.best_eval["accuracy"]
+
+    def _eval_line(self, iteration: int, row: dict, best: bool) -> str:
+        """One short line per evaluation, printed above the progress bar."""
+        pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+        aggs = " ".join(f"{k[len('eval_accuracy_'):]} {pct(v)}" for k, v in row.items()
+                        if k.startswith("eval_accuracy_"))
+        line = (f"eval at {iteration} ({plural(row['eval_questions'], 'question')}, {row['eval_seconds']:.1f} s): "
+                f"{aggs} | pass@1 {pct(row['eval_pass@1'])} oracle {pct(row['eval_oracle'])}")
+        notes = list(self._eval_notes)
+        if self.config.save_best:
+            notes.append(f"new best -> {BEST_DIR}/" if best else f"best: {self.best_eval['iteration']}")
+        return line + (" | " + "; ".join(notes) if notes else "")
+
+    def save_best(self, iteration: int, row: dict) -> Path:
+        """Write the model as it is now to ``<weights_path>/best/`` (model, processor,
+        instance_weights.json, best.json), built in a temporary folder and renamed into place."""
+        bad = self.nonfinite_state()
+        if bad is not None:
+            raise TrainingDiverged(f"stopped at iteration {iteration}: {bad} are not finite, so nothing was "
+                                   f"written; {self.last_checkpoint_text()}")
+        final = self.out / BEST_DIR
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-best-", dir=self.out))
+        old = None
+        try:
+            self.prm.save_pretrained(tmp)
+            weights = self.instance_weights()
+            if weights is not None:
+                write_json(tmp / "instance_weights.json", weights)
+            write_json(tmp / BEST_INFO, {
+                "iteration": iteration,
+                "selected_by": f"{BEST_METRIC}, the highest of the evaluations so far (ties keep the earlier)",
+                "eval_json_file": str(Path(self.config.eval_json_file).resolve()),
+                "questions": row["eval_questions"],
+                "accuracy": {k[len("eval_accuracy_"):]: v for k, v in row.items() if k.startswith("eval_accuracy_")},
+                "baselines": {name: row[f"eval_{name}"] for name in BASELINE_NAMES},
+            })
+            if final.is_symlink():
+                final.unlink()
+            elif final.exists():  # a folder cannot be renamed over a full one: move it aside first
+                old = Path(tempfile.mkdtemp(prefix=".tmp-oldbest-", dir=self.out))
+                os.replace(final, old)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        self.best_eval = {"iteration": iteration, "accuracy": row[BEST_METRIC],
+                          "eval_json_file": str(Path(self.config.eval_json_file).resolve()),
+                          "questions": row["eval_questions"]}
+        return final
+
     def _record(self, iteration: int, seconds: float, stats: dict) -> dict:
         """The metrics.jsonl row of an iteration, from the stats its problems returned."""
         low = stats["lower"]
@@ -441,6 +579,13 @@ class Trainer:
         now = time.perf_counter()
         row = self._record(it, now - self._last_time, stats)
         self._last_time = now
+        diverged = self._divergence(it)
+        new_best = False
+        if diverged is None and self.evaluates_at(it):
+            row.update(self.evaluate())
+            new_best = self.config.save_best and self._is_new_best(row)
+            tqdm.write(self._eval_line(it, row, new_best))
+            self._last_time = time.perf_counter()  # the next row's seconds are training time only
         # metrics.jsonl keeps NaN as the JSON-superset token NaN (one row per iteration, as
         # json.loads reads it); every other output file is strict JSON.
         self.metrics_file.write(json.dumps(row) + "\n")
@@ -456,16 +601,10 @@ class Trainer:
                 post["meta"] = f"{self._last_meta:.4f}"
             self.bar.set_postfix(post, refresh=False)
             self.bar.update(1)
-        for prob in self.problems():
-            if not prob.params_finite:
-                raise TrainingDiverged(
-                    f"stopped at iteration {it}: the {prob.name}-level update made its parameters non-finite "
-                    f"(lower the learning rate); {self.last_checkpoint_text()}")
-            if prob.bad_in_a_row >= self.config.max_bad_steps:
-                raise TrainingDiverged(
-                    f"stopped at iteration {it}: {prob.bad_in_a_row} non-finite {prob.name}-level updates in a row "
-                    f"(--max_bad_steps {self.config.max_bad_steps}); {self.last_checkpoint_text()}"
-                )
+        if diverged is not None:
+            raise TrainingDiverged(diverged)
+        if new_best:
+            self.save_best(it, row)
         final = it == self.config.iteration_num
         if it % self.config.save_every_iterations == 0 or final or self._signal is not None:
             path = self.save(it)
@@ -475,6 +614,18 @@ class Trainer:
                     f"{name} received: saved a checkpoint at iteration {it} in {path}; "
                     f"resume with the same command plus --resume", self._signal)
         return True
+
+    def _divergence(self, it: int) -> str | None:
+        """Why training must stop after iteration ``it`` (a problem's parameters or updates went
+        non-finite), or None."""
+        for prob in self.problems():
+            if not prob.params_finite:
+                return (f"stopped at iteration {it}: the {prob.name}-level update made its parameters non-finite "
+                        f"(lower the learning rate); {self.last_checkpoint_text()}")
+            if prob.bad_in_a_row >= self.config.max_bad_steps:
+                return (f"stopped at iteration {it}: {prob.bad_in_a_row} non-finite {prob.name}-level updates in a "
+                        f"row (--max_bad_steps {self.config.max_bad_steps}); {self.last_checkpoint_text()}")
+        return None
 
     def _handle_signal(self, signum, frame):
         if self._signal is not None:  # a second signal: stop at once, the last checkpoint stands
@@ -512,6 +663,9 @@ class Trainer:
                     self.bar.close()
         finally:
             self.folder.close()
+        if a.save_best and self.best_eval is not None:
+            print(f"best model (iteration {self.best_eval['iteration']}, mean-aggregation accuracy "
+                  f"{100 * self.best_eval['accuracy']:.2f}%): {self.out / BEST_DIR}")
         return self.out
 
     def _trim_metrics(self, start: int) -> None:
