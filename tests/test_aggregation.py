@@ -1,5 +1,5 @@
-"""The five aggregations: exact values, both entry points, the meta loss, and one test that pins
-the scores training aggregates to the scores test.py reports."""
+"""The five aggregations: exact values, both entry points, the meta loss (per CoT and per step),
+and one test that pins the scores training aggregates to the scores test.py reports."""
 
 import json
 import math
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dreamprm import config, losses, problems
 from dreamprm.aggregation import AGGREGATIONS, EPS, aggregate, aggregate_lists, mean_per_group
 from dreamprm.batching import ExampleBuilder, collate, load_rgb
 from dreamprm.losses import meta_loss
@@ -16,6 +17,8 @@ from dreamprm.prompt import candidate_conversation
 from dreamprm.results import question_result
 from dreamprm.scoring import Scorer
 from dreamprm.steps import split_steps
+from dreamprm.trainer import Trainer
+from runs import read_metrics, train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 P = [0.5, 0.8, 0.2]
@@ -106,6 +109,88 @@ def test_the_meta_loss_gradient_reaches_every_step_it_aggregates():
     steps = StepOutputs(p, p, p.log(), (1 - p).log(), torch.tensor([0, 0, 1]))
     meta_loss(steps, torch.tensor([1.0, 1.0]), "log_mean", "+").backward()
     assert bool((p.grad != 0).all())
+
+
+@pytest.mark.parametrize("how", AGGREGATIONS)
+@pytest.mark.parametrize("target,errors", [
+    # p(+) of the correct CoT's two steps and p(-) of the wrong CoT's step, each against 1
+    ("both", [[(0.9 - 1) ** 2, (0.6 - 1) ** 2], [(0.6 - 1) ** 2]]),
+    # p(+) of every step against its CoT's correctness
+    ("+", [[(0.9 - 1) ** 2, (0.6 - 1) ** 2], [(0.3 - 0) ** 2]]),
+])
+def test_the_step_meta_loss_is_the_mean_squared_error_over_all_steps(how, target, errors):
+    steps = _steps([0.9, 0.6, 0.3], [0.05, 0.3, 0.6], [0, 0, 1])
+    correct = torch.tensor([1.0, 0.0])
+    loss = float(meta_loss(steps, correct, how, target, per="step"))
+    every_step = errors[0] + errors[1]
+    assert loss == pytest.approx(sum(every_step) / 3, rel=1e-6)  # the same whatever the (unused) aggregation
+    # every step weighs the same: not the mean over CoTs of their steps' mean squared error
+    by_cot = (sum(errors[0]) / 2 + sum(errors[1]) / 1) / 2
+    assert loss != pytest.approx(by_cot, rel=1e-3)
+
+
+def test_the_step_meta_loss_gradient_reaches_every_step_as_its_own_squared_error():
+    p_plus = torch.tensor([0.9, 0.6, 0.3, 0.2], dtype=torch.float64, requires_grad=True)
+    p_minus = torch.tensor([0.05, 0.3, 0.6, 0.7], dtype=torch.float64, requires_grad=True)
+    steps = StepOutputs(p_plus, p_minus, p_plus.log(), p_minus.log(), torch.tensor([0, 0, 1, 1]))
+    meta_loss(steps, torch.tensor([1.0, 0.0]), target="both", per="step").backward()
+    # d/dp of mean((p - 1)^2) over 4 steps: 2 (p - 1) / 4, on the score each step is judged by
+    assert p_plus.grad.tolist() == pytest.approx([2 * (0.9 - 1) / 4, 2 * (0.6 - 1) / 4, 0, 0])
+    assert p_minus.grad.tolist() == pytest.approx([0, 0, 2 * (0.6 - 1) / 4, 2 * (0.7 - 1) / 4])
+
+
+def test_the_meta_loss_names_its_choices():
+    steps = _steps([0.5], [0.5], [0])
+    with pytest.raises(ValueError, match="unknown meta loss 'cot'; choose from aggregate, step"):
+        meta_loss(steps, torch.tensor([1.0]), per="cot")
+    with pytest.raises(ValueError, match="unknown loss target '-'"):
+        meta_loss(steps, torch.tensor([1.0]), target="-", per="step")
+    assert config.META_LOSSES == losses.META_LOSSES
+
+
+@pytest.mark.parametrize("target", ["both", "+"])
+def test_a_bilevel_run_with_the_step_meta_loss_trains_on_the_step_loss(tmp_path, tiny_dir, monkeypatch, target):
+    """train.py --meta_loss step, 2 iterations on the tiny model: the meta loss it logs is the mean
+    squared error over the meta steps, written out here from the step scores the upper level saw."""
+    seen = []
+    real = problems.meta_loss
+
+    def recording(steps, correct, how, target, per):
+        seen.append((steps.p_plus.detach().tolist(), steps.p_minus.detach().tolist(),
+                     steps.batch_index.tolist(), correct.tolist(), per))
+        return real(steps, correct, how, target, per=per)
+
+    monkeypatch.setattr(problems, "meta_loss", recording)
+    weights = tmp_path / "w"
+    trainer = Trainer(train_config(weights, "--meta_loss", "step", "--loss_target", target, "--iteration_num", "2",
+                                   "--batch_size", "2", "--meta_batch_size", "2"))
+    raw_before = trainer.weight_model.raw.detach().clone()
+    trainer.run()
+    rows = read_metrics(weights)
+    assert [r["iteration"] for r in rows] == [1, 2] and len(seen) == 2
+    for row, (p_plus, p_minus, cot, correct, per) in zip(rows, seen):
+        assert per == "step"
+        if target == "both":
+            scores, goals = [p_plus[i] if correct[c] else p_minus[i] for i, c in enumerate(cot)], [1.0] * len(cot)
+        else:
+            scores, goals = p_plus, [correct[c] for c in cot]
+        by_hand = sum((p - g) ** 2 for p, g in zip(scores, goals)) / len(scores)
+        assert row["meta_loss"] == pytest.approx(by_hand, abs=5e-7)  # fp32 against float64
+    # at iteration 1 the meta batch holds a correct CoT of 5 steps and a wrong one of 4: weighing
+    # steps, not CoTs, shows with --loss_target + (with both, the tiny PRM's near-equal scores
+    # make the two losses differ only in the fifth decimal)
+    p_plus, p_minus, cot, correct, _ = seen[0]
+    assert [cot.count(k) for k in range(len(correct))] == [5, 4] and correct == [1.0, 0.0]
+    if target == "both":
+        by_cot = [[p_plus[i] if correct[k] else p_minus[i] for i, c in enumerate(cot) if c == k] for k in (0, 1)]
+        aggregated = sum((sum(ps) / len(ps) - 1) ** 2 for ps in by_cot) / 2
+        assert abs(rows[0]["meta_loss"] - aggregated) > 1e-5
+    else:
+        by_cot = [[p_plus[i] for i, c in enumerate(cot) if c == k] for k in (0, 1)]
+        aggregated = ((sum(by_cot[0]) / 5 - 1) ** 2 + (sum(by_cot[1]) / 4) ** 2) / 2
+        assert abs(rows[0]["meta_loss"] - aggregated) > 1e-2
+    assert not torch.equal(trainer.weight_model.raw.detach(), raw_before)  # the weights learned
+    assert json.loads((weights / "train_args.json").read_text())["meta_loss"] == "step"
 
 
 def test_training_and_evaluation_aggregate_the_same_step_scores_to_the_same_numbers(tiny_prm):

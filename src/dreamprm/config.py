@@ -27,6 +27,7 @@ SCHEDULER_CHOICES = ("cosine_schedule_with_warmup", "step_lr", "step", "constant
 ACTIVATIONS = ("LeakyReLU", "ReLU", "No", "Clip", "sigmoid")
 AGGREGATIONS = ("mean", "log_mean", "max", "min", "log_odds")
 REWEIGHTINGS = ("table", "net", "domain")
+META_LOSSES = ("aggregate", "step")
 
 
 class FlagError(ValueError):
@@ -155,6 +156,13 @@ class TrainConfig:
         "mean", "step-score aggregation in the meta loss; log_odds is DreamPRM's sigmoid of the mean "
                 "step log-odds (default: %(default)s)", choices=AGGREGATIONS)
     loss_target: str = _method("both", "meta loss target (default: %(default)s)", choices=("both", "+"))
+    meta_loss: str = _method(
+        "aggregate", "what the meta loss scores: aggregate = each meta CoT's aggregated step score against its "
+                     "correctness (paper Eq. 2; --aggregation_function, --loss_target); step = every meta step's "
+                     "own score against its CoT's correctness, the mean over all steps of the batch, each step "
+                     "weighing the same (--loss_target applies, --aggregation_function is ignored): DreamPRM's "
+                     "ablation without the aggregation-function loss (AFL) (default: %(default)s)",
+        choices=META_LOSSES)
     initialization: float | None = _method(
         None, "initial raw table weight (default: 1.0 for the Instance Table, 0.0 for the Domain Table)")
     max_patch_num: int = _method(6, "maximum image tiles in training (default: %(default)s)")

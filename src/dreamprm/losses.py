@@ -24,20 +24,39 @@ def instance_losses(steps: StepOutputs, labels: torch.Tensor, n: int, kind: str 
     return mean_per_group(per_step, steps.batch_index, n)
 
 
-def meta_loss(steps: StepOutputs, correct: torch.Tensor, how: str = "mean", target: str = "both") -> torch.Tensor:
-    """Paper Eq. 2: MSE between the aggregated step scores of a meta CoT and its correctness.
+META_LOSSES = ("aggregate", "step")
 
-    ``both``: score p(+) steps of correct CoTs and p(-) steps of wrong ones, target 1.
-    ``+``: score p(+) steps, target = correctness.
+
+def step_scores(steps: StepOutputs, correct: torch.Tensor, target: str = "both") -> tuple[torch.Tensor, torch.Tensor]:
+    """Every meta step's score and its goal under ``target`` (``correct``: one 0/1 per CoT).
+
+    ``both``: p(+) for a step of a correct CoT, p(-) for a step of a wrong one, goal 1.
+    ``+``: p(+), goal = the CoT's correctness."""
+    is_right = correct.to(steps.log_p_plus.dtype)[steps.batch_index]
+    if target == "both":
+        return is_right * steps.p_plus + (1 - is_right) * steps.p_minus, torch.ones_like(is_right)
+    if target == "+":
+        return steps.p_plus, is_right
+    raise ValueError(f"unknown loss target {target!r}; choose '+' or 'both'")
+
+
+def meta_loss(steps: StepOutputs, correct: torch.Tensor, how: str = "mean", target: str = "both",
+              per: str = "aggregate") -> torch.Tensor:
+    """The upper level's loss on a batch of meta CoTs (``correct``: one 0/1 per CoT).
+
+    ``per="aggregate"`` (paper Eq. 2): the mean over CoTs of (aggregated step score − goal)², the
+    steps aggregated by ``how``. ``per="step"``: the mean over every step of the batch of
+    (step score − goal)², each step weighing the same whatever its CoT's length; ``how`` is
+    unused. That is DreamPRM's ablation without the aggregation-function loss. Step scores and
+    goals as :func:`step_scores` gives them for ``target``.
     """
+    if per not in META_LOSSES:
+        raise ValueError(f"unknown meta loss {per!r}; choose from {', '.join(META_LOSSES)}")
+    p, goal = step_scores(steps, correct, target)
+    if per == "step":
+        return ((p - goal) ** 2).mean()
     n = correct.shape[0]
     correct = correct.to(steps.log_p_plus.dtype)
-    if target == "both":
-        is_right = correct[steps.batch_index]
-        p = is_right * steps.p_plus + (1 - is_right) * steps.p_minus
-        pred, goal = aggregate(p, steps.batch_index, n, how), torch.ones_like(correct)
-    elif target == "+":
-        pred, goal = aggregate(steps.p_plus, steps.batch_index, n, how), correct
-    else:
-        raise ValueError(f"unknown loss target {target!r}; choose '+' or 'both'")
-    return ((pred - goal) ** 2).mean()
+    pred = aggregate(p, steps.batch_index, n, how)
+    cot_goal = torch.ones_like(correct) if target == "both" else correct
+    return ((pred - cot_goal) ** 2).mean()

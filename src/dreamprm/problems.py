@@ -195,17 +195,21 @@ class LowerProblem(_GuardedProblem):
 
 
 class UpperProblem(_GuardedProblem):
-    """The weight model, trained on the meta loss of the PRM's scores on meta CoTs."""
+    """The weight model, trained on the meta loss of the PRM's scores on meta CoTs.
+
+    ``meta_loss``: ``aggregate`` scores each CoT by its aggregated step scores (paper Eq. 2),
+    ``step`` scores every step on its own (``aggregation`` unused); see ``losses.meta_loss``."""
 
     def __init__(self, name, config, module, optimizer, scheduler, stream, aggregation="mean", loss_target="both",
-                 autocast=True):
+                 autocast=True, meta_loss="aggregate"):
         super().__init__(name, config, module, optimizer, scheduler, stream, autocast)
         self.aggregation = aggregation
         self.loss_target = loss_target
+        self.meta_loss_kind = meta_loss
 
     def training_step(self, batch):
         steps = self.lower(**batch.model_inputs())
-        return meta_loss(steps, batch.true_false, self.aggregation, self.loss_target)
+        return meta_loss(steps, batch.true_false, self.aggregation, self.loss_target, per=self.meta_loss_kind)
 
     def get_loss(self, batch):
         loss, loss_dict = super().get_loss(batch)

@@ -245,7 +245,8 @@ class Trainer:
         scheduler = make_scheduler(optimizer, c.meta_scheduler_type or c.scheduler_type, upper_steps,
                                    c.warmup_ratio, c.meta_scheduler_step_size, c.meta_scheduler_gamma)
         return UpperProblem("upper", self._problem_config(upper=True), self.weight_model, optimizer, scheduler,
-                            self.meta_stream, c.aggregation_function, c.loss_target, autocast=not c.no_autocast)
+                            self.meta_stream, c.aggregation_function, c.loss_target, autocast=not c.no_autocast,
+                            meta_loss=c.meta_loss)
 
     def _build_engine(self) -> IterationEngine:
         c = self.config
