@@ -17,6 +17,9 @@
   one line per PRM aggregation, each with its own marker and line style and shifted sideways
   by a fraction of one N, so lines that coincide stay visible; random pick, oracle and
   self-consistency as reference lines.
+* :func:`report_figure` and :func:`scaling_figure`: ``python -m dreamprm.report``'s comparison of
+  runs (one bar per method, oracle and pass@1 as lines) and their accuracy-vs-N curves over random
+  subsets (``dreamprm.scaling``: mean, ± std band, min–max whiskers).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FixedLocator, MaxNLocator, PercentFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, PercentFormatter  # noqa: E402
 
 from .aggregation import AGGREGATIONS  # noqa: E402
 
@@ -417,3 +420,144 @@ def curve_figure(curve: dict, aggregations: Sequence[str] = AGGREGATIONS):
 def plot_curve(curve: dict, path, aggregations: Sequence[str] = AGGREGATIONS) -> Path:
     """Write ``curve_figure`` to ``path`` (PNG; the folder is created)."""
     return save_figure(curve_figure(curve, aggregations), path)
+
+
+# ----------------------------------------------------------------------------------------------
+# the comparison of runs (python -m dreamprm.report)
+# ----------------------------------------------------------------------------------------------
+REPORT_WIDTH = 9.0  # inches; the height grows with the rows (report_figure_inches)
+
+
+def report_figure_inches(n_rows: int) -> tuple[float, float]:
+    """The size of :func:`report_figure` for ``n_rows`` bars: 9 inches wide, 3/8 per bar plus
+    room for the title, axis and legend (3 at least); whole pixels at 120 dpi."""
+    return REPORT_WIDTH, max(3.0, 2.0 + 0.375 * n_rows)
+
+
+def _zoomed_percent(lo: float, hi: float) -> tuple[float, float]:
+    """Axis limits in % around [lo, hi], on multiples of 5, within [0, 102] (a line at 100%
+    stays clear of the frame)."""
+    left = max(0.0, 5 * math.floor((lo - 4) / 5))
+    right = min(102.0, 5 * math.ceil((hi + 4) / 5))
+    return left, max(right, left + 5)
+
+
+def report_figure(rows: Sequence[Mapping], path, title: str | None = None) -> Path:
+    """Write the comparison figure of ``dreamprm.report``'s table rows to ``path`` (PNG).
+
+    One horizontal bar per row (``method``, ``accuracy``; baselines, ``kind == "baseline"``, in
+    grey), its value and gain over pass@1 written on the right; the ``oracle`` as a solid and
+    ``pass@1`` as a dashed vertical line across the rows of each test set (``test_set``: rows of
+    one test set are expected together, as the report orders them)."""
+    rows = list(rows)
+    fig, ax = plt.subplots(figsize=report_figure_inches(len(rows)))
+    ys = list(range(len(rows)))
+    acc = [100 * r["accuracy"] for r in rows]
+    several = len({r.get("test_set") for r in rows}) > 1
+    colors = ["0.62" if r.get("kind") == "baseline" else "tab:blue" for r in rows]
+    ax.barh(ys, acc, height=0.62, color=colors, zorder=2)
+    values = acc + [100 * r["oracle"] for r in rows] + [100 * r["pass@1"] for r in rows]
+    left, right = _zoomed_percent(min(values), max(values))
+    ax.set_xlim(left, right)
+    start = 0
+    for end in range(1, len(rows) + 1):  # one pair of reference lines per run of rows on one test set
+        if end < len(rows) and rows[end].get("test_set") == rows[start].get("test_set"):
+            continue
+        top, bottom = start - 0.45, end - 1 + 0.45
+        first = start == 0
+        ax.vlines(100 * rows[start]["oracle"], top, bottom, colors="black", linewidth=1.5, zorder=3,
+                  label="oracle (any candidate correct)" if first else None)
+        ax.vlines(100 * rows[start]["pass@1"], top, bottom, colors="tab:red", linestyles=(0, (4, 2)), linewidth=1.5,
+                  zorder=3, label="pass@1 (no selection)" if first else None)
+        start = end
+    labels = [str(r["method"]) + (f"\n[{r['test_set']}]" if several else "") for r in rows]
+    ax.set_yticks(ys, labels, fontsize=9)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    values_axis = ax.twinx()  # the values in a column of their own, clear of the bars and lines
+    values_axis.set_ylim(ax.get_ylim())
+    values_axis.set_yticks(ys, [f"{a:.1f}%  ({100 * (r['accuracy'] - r['pass@1']):+.1f})" for r, a in zip(rows, acc)],
+                           fontsize=9)
+    values_axis.tick_params(axis="y", length=0)
+    ax.xaxis.set_major_locator(MaxNLocator(8, steps=[1, 2, 2.5, 5, 10]))
+    ax.xaxis.set_major_formatter(PercentFormatter(decimals=0))
+    ax.set_xlabel("best-of-N accuracy (axis zoomed; right: accuracy and, in brackets, gain over pass@1 in points)")
+    ax.grid(axis="x", alpha=0.3, zorder=0)
+    ax.set_title(title or "Best-of-N accuracy", fontsize=11, pad=22)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8.5, frameon=False)
+    return save_figure(fig, path)
+
+
+_SCALING_BASE_STYLES = {
+    "oracle": dict(color="black", linestyle=(0, (4, 2))),
+    "random": dict(color="0.45", linestyle=(0, (1, 2))),
+    "self_consistency": dict(color="tab:brown", linestyle="-"),
+}
+
+
+def scaling_figure_inches(n_panels: int) -> tuple[float, float]:
+    """The size of :func:`scaling_figure` with ``n_panels`` test sets: 10 inches wide, 4.5 per
+    panel plus 0.75 for the title; whole pixels at 120 dpi."""
+    return 10.0, 0.75 + 4.5 * max(1, n_panels)
+
+
+def _scaling_panel(ax, curves: list[Mapping]) -> None:
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "osD^v<>ph"
+    width = 0.12 if len(curves) > 1 else 0.0  # total sideways spread, in log2 units
+    prm, drawn = 0, []
+    for j, c in enumerate(curves):
+        shift = (j / (len(curves) - 1) - 0.5) * width if len(curves) > 1 else 0.0
+        xs = [n * 2 ** shift for n in c["n"]]
+        mean = [100 * v for v in c["mean"]]
+        std = [100 * v for v in c["std"]]
+        lo = [100 * (m - v) for m, v in zip(c["mean"], c["min"])]
+        hi = [100 * (v - m) for m, v in zip(c["mean"], c["max"])]
+        base = _SCALING_BASE_STYLES.get(c.get("baseline") or "")
+        if base is not None:
+            style = dict(base, marker="x", markersize=6, linewidth=1.4)
+        else:
+            style = dict(color=palette[prm % len(palette)], linestyle="-", marker=markers[prm % len(markers)],
+                         markersize=6, linewidth=1.8, markerfacecolor="white", markeredgewidth=1.5)
+            prm += 1
+        key = (list(c["n"]), list(c["mean"]), list(c["std"]), list(c["min"]), list(c["max"]))
+        same = next((label for label, other in drawn if other == key), None)
+        drawn.append((c["label"], key))
+        ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        color=style["color"], alpha=0.12 if base is None else 0.05, linewidth=0)
+        ax.errorbar(xs, mean, yerr=[lo, hi], fmt="none", ecolor=style["color"], elinewidth=0.9, capsize=3, alpha=0.7)
+        ax.plot(xs, mean, label=c["label"] + (f"\n(same as {same})" if same else ""), **style)
+    all_n = sorted({n for c in curves for n in c["n"]})
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(all_n[0] / 2 ** 0.35, all_n[-1] * 2 ** 0.35)
+    ax.xaxis.set_major_locator(FixedLocator(all_n))
+    ax.xaxis.set_minor_locator(FixedLocator([]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    ax.set_xlabel("N (candidates per question, a random subset; log scale)")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8.5, frameon=False)
+
+
+def scaling_figure(curves: Sequence[Mapping], path, title: str | None = None) -> Path:
+    """Write the accuracy-vs-N figure of ``dreamprm.report`` to ``path`` (PNG, size
+    :func:`scaling_figure_inches`).
+
+    ``curves``: one mapping per line, with ``label``, ``n`` and the ``mean``, ``std``, ``min``
+    and ``max`` over the draws (fractions); optionally ``baseline`` (the name of a
+    ``dreamprm.scaling`` baseline: drawn in that baseline's reference style) and ``group`` (the
+    test set: one panel per group, titled with it). Each line is the mean, with a band of ± one
+    std and whiskers from min to max; lines are shifted apart a little along the (log₂) N axis so
+    that the whiskers stay visible, and a line equal to an earlier one says so in the legend."""
+    curves = [c for c in curves if c["n"]]
+    groups = list(dict.fromkeys(c.get("group") for c in curves)) or [None]
+    fig, axes = plt.subplots(len(groups), 1, figsize=scaling_figure_inches(len(groups)), squeeze=False)
+    for ax, group in zip(axes[:, 0], groups):
+        mine = [c for c in curves if c.get("group") == group]
+        if mine:
+            _scaling_panel(ax, mine)
+        if group is not None and len(groups) > 1:
+            ax.set_title(f"test set {group}", fontsize=10)
+    fig.suptitle((title or "Best-of-N accuracy vs N") + "\nline: mean over the draws; band: ± 1 std; whiskers: "
+                 "min to max", fontsize=10)
+    return save_figure(fig, path)
