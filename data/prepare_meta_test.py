@@ -34,20 +34,11 @@ Outputs
 * ``--test_out``: one record per question with candidates: ``{"id", "question", "image_path",
   "candidates", "true_false"}``.
 
-Answer checking (``dreamprm.answers``: :func:`extract_choice`, :func:`free_is_correct`, :func:`is_correct`)
---------------------------------------------------------------------------------------------------------
-The answer text is what follows the last ``Answer:`` (``dreamprm.steps.extract_answer``); without
-one, the last "answer is X" / "final answer: X" phrase, else a trailing ``\\boxed{X}``.
-
-* Multiple choice: a leading option letter, alone or followed by punctuation or text
-  (``(B)``, ``B.``, ``b``, ``B) 42``, ``Option B``, ``\\boxed{B}``), accepted only when it names an
-  existing option; otherwise the answer text is compared with the option texts after
-  normalisation (case, spaces, trailing punctuation): an exact match, else the single option
-  whose text the answer contains. Right iff the letter equals the answer key.
-* Free text: numbers are compared numerically (thousands commas, ``%``, ``$`` and simple fractions ``a/b``
-  understood, ``%`` read as a unit; equal when within 1e-2 relative or 1e-6 absolute tolerance); otherwise
-  case-, space- and trailing-punctuation-insensitive string equality. A list answer key is right
-  when any of its entries matches.
+Answer checking
+---------------
+``dreamprm.answers`` (its module docstring has the rules): the text after the last ``Answer:``,
+then an option letter or option text for multiple choice, numbers with a tolerance and normalised
+text otherwise.
 
 Counts are printed as JSON on stdout; a malformed line stops the run with
 ``error: FILE:LINE: FIELD: problem`` on stderr (exit 2); so does any other bad input or flag

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from .answers import answer_key, is_correct, normalize_options, options_block
 from .jsonio import iter_file_records, same_file, write_json
-from .policy import Job, PolicyError, load_policy
+from .policy import Job, PolicyError, exit_without_waiting, load_policy
 from .prompt import candidate_conversation, with_system_prompt
 from .records import IMAGE_TOKENS, DataError, plural, resolve_image
 from .steps import extract_answer, split_steps
@@ -437,11 +437,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    if code != 0:
-        # Requests still in flight in worker threads would hold the exit up to --timeout; the
-        # output is already saved, so leave at once.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    exit_without_waiting(main())

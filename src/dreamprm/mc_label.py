@@ -56,7 +56,7 @@ from tqdm import tqdm
 from . import generate
 from .answers import answer_key, is_correct, normalize_options
 from .jsonio import iter_file_records, same_file, write_json
-from .policy import Job, Policy, PolicyError, load_policy
+from .policy import Job, Policy, PolicyError, exit_without_waiting, load_policy
 from .records import IMAGE_PLACEHOLDER, IMAGE_TOKENS, DataError, resolve_image
 from .steps import split_steps
 
@@ -564,11 +564,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    if code != 0:
-        # HTTP requests still in flight in worker threads would hold the exit up to --timeout;
-        # the cache already holds every finished one, so leave at once.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    exit_without_waiting(main())
