@@ -35,7 +35,7 @@ from pathlib import Path
 
 from .answers import answer_key, is_correct, normalize_options, options_block
 from .jsonio import iter_file_records, same_file, write_json
-from .policy import Job, PolicyError, exit_without_waiting, load_policy
+from .policy import Job, PolicyError, add_policy_flags, exit_without_waiting, load_policy, policy_flag_problem
 from .prompt import candidate_conversation, with_system_prompt
 from .records import IMAGE_TOKENS, DataError, plural, resolve_image
 from .steps import extract_answer, split_steps
@@ -296,24 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model",
                     help="local: a model folder, a hub id or 'tiny'; with --base_url: the served model's name")
     ap.add_argument("--base_url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
-    ap.add_argument("--api_key_env", default="OPENAI_API_KEY",
-                    help="environment variable holding the endpoint's API key (default: %(default)s; none when unset)")
     ap.add_argument("--prompt", default="five_stage",
                     help="five_stage (default), plain, or a template file with {question} and {options}")
-    ap.add_argument("--temperature", type=float, default=0.7, help="default: %(default)s")
-    ap.add_argument("--top_p", type=float, default=0.95, help="default: %(default)s")
-    ap.add_argument("--max_new_tokens", type=int, default=1024, help="default: %(default)s")
     ap.add_argument("--no_greedy_first", dest="greedy_first", action="store_false",
                     help="sample every candidate (default: the first candidate is the greedy one)")
-    ap.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
-    ap.add_argument("--concurrency", type=int, default=8, help="--base_url: requests in flight (default: %(default)s)")
-    ap.add_argument("--retries", type=int, default=3,
-                    help="--base_url: retries of a failed request (default: %(default)s)")
-    ap.add_argument("--timeout", type=float, default=120.0,
-                    help="--base_url: seconds per request (default: %(default)s)")
-    ap.add_argument("--device", default=None, help="local model: cpu, cuda, cuda:1 ... (default: cuda if available)")
-    ap.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"),
-                    help="local model weights (default: bf16 on cuda, fp32 on cpu)")
+    add_policy_flags(ap)
     ap.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming --output")
     ap.add_argument("--no_progress", action="store_true", help="no progress bar")
     return ap
@@ -325,18 +312,9 @@ def check_flags(args) -> None:
                          "model's name")
     if args.num_candidates < 1:
         raise UsageError(f"--num_candidates must be at least 1 (got {args.num_candidates})")
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        raise UsageError(f"--temperature must be >= 0 (got {args.temperature})")
-    if not 0 < args.top_p <= 1:
-        raise UsageError(f"--top_p must be in (0, 1] (got {args.top_p})")
-    if args.max_new_tokens < 1:
-        raise UsageError(f"--max_new_tokens must be at least 1 (got {args.max_new_tokens})")
-    if args.concurrency < 1:
-        raise UsageError(f"--concurrency must be at least 1 (got {args.concurrency})")
-    if args.retries < 0:
-        raise UsageError(f"--retries must be >= 0 (got {args.retries})")
-    if not (math.isfinite(args.timeout) and args.timeout > 0):
-        raise UsageError(f"--timeout must be > 0 (got {args.timeout})")
+    problem = policy_flag_problem(args)
+    if problem:
+        raise UsageError(problem)
     out, questions = Path(args.output), Path(args.questions)
     if out.is_dir():
         raise UsageError(f"--output {out} is a folder; give a file name, e.g. {out / 'candidates.json'}")

@@ -56,7 +56,7 @@ from tqdm import tqdm
 from . import generate
 from .answers import answer_key, is_correct, normalize_options
 from .jsonio import iter_file_records, same_file, write_json
-from .policy import Job, Policy, PolicyError, exit_without_waiting, load_policy
+from .policy import Job, Policy, PolicyError, add_policy_flags, exit_without_waiting, load_policy, policy_flag_problem
 from .records import IMAGE_PLACEHOLDER, IMAGE_TOKENS, DataError, resolve_image
 from .steps import split_steps
 
@@ -450,8 +450,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--policy", help="local policy model: a folder, a hub id or 'tiny' (--model also works)")
     ap.add_argument("--base_url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (with --model)")
     ap.add_argument("--model", help="with --base_url: the served model's name; alone: as --policy")
-    ap.add_argument("--api_key_env", default="OPENAI_API_KEY",
-                    help="environment variable holding the endpoint's API key (default: %(default)s; none when unset)")
     ap.add_argument("--mc_threshold", type=float, default=DEFAULT_MC_THRESHOLD,
                     help="a step is '+' iff its Monte-Carlo value is greater than this (default, as VisualPRM: 0)")
     ap.add_argument("--dataset", default=None, help="the records' dataset tag (default: the questions file's stem)")
@@ -461,19 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="solving prompt, as dreamprm.generate: five_stage (default), plain, or a template file")
     ap.add_argument("--max_steps", type=int, default=DEFAULT_MAX_STEPS,
                     help="steps kept per solution, the rest dropped (default, as VisualPRM: %(default)s)")
-    ap.add_argument("--temperature", type=float, default=0.7, help="default: %(default)s")
-    ap.add_argument("--top_p", type=float, default=0.95, help="default: %(default)s")
-    ap.add_argument("--max_new_tokens", type=int, default=1024, help="default: %(default)s")
-    ap.add_argument("--concurrency", type=int, default=8, help="--base_url: requests in flight (default: %(default)s)")
-    ap.add_argument("--retries", type=int, default=3,
-                    help="--base_url: retries of a failed request (default: %(default)s)")
-    ap.add_argument("--timeout", type=float, default=120.0,
-                    help="--base_url: seconds per request (default: %(default)s)")
-    ap.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     ap.add_argument("--cache", default=None, help="rollout cache (default: the output's name with .rollouts.jsonl)")
-    ap.add_argument("--device", default=None, help="local model: cpu, cuda, cuda:1 ... (default: cuda if available)")
-    ap.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"),
-                    help="local model weights (default: bf16 on cuda, fp32 on cpu)")
+    add_policy_flags(ap)
     ap.add_argument("--no_progress", action="store_true", help="no progress bar")
     return ap
 
@@ -487,22 +474,14 @@ def flag_problem(args) -> str | None:
     if not args.base_url and bool(args.policy) == bool(args.model):
         return ("give the policy: --policy PATH|tiny, or --base_url URL --model NAME" if not args.policy
                 else "give --policy or --model, not both")
-    for flag in ("rollouts", "max_steps", "max_new_tokens", "concurrency"):
+    for flag in ("rollouts", "max_steps"):
         if getattr(args, flag) < 1:
             return f"--{flag} must be at least 1, got {getattr(args, flag)}"
     if args.num_solutions is not None and args.num_solutions < 1:
         return f"--num_solutions must be at least 1, got {args.num_solutions}"
-    if args.retries < 0:
-        return f"--retries must be 0 or more, got {args.retries}"
     if not math.isfinite(args.mc_threshold):
         return f"--mc_threshold must be a finite number, got {args.mc_threshold}"
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        return f"--temperature must be >= 0, got {args.temperature}"
-    if not 0 < args.top_p <= 1:
-        return f"--top_p must be in (0, 1], got {args.top_p}"
-    if not (math.isfinite(args.timeout) and args.timeout > 0):
-        return f"--timeout must be > 0, got {args.timeout}"
-    return None
+    return policy_flag_problem(args)
 
 
 def _check_paths(output: Path, questions: Path, cache: Path) -> None:

@@ -25,6 +25,7 @@ import hashlib
 import io
 import ipaddress
 import json
+import math
 import os
 import re
 import sys
@@ -485,6 +486,41 @@ class HttpPolicy(Policy):
                                 max_new_tokens)
             texts += got
         return texts
+
+
+def add_policy_flags(ap) -> None:
+    """The flags ``generate`` and ``mc_label`` share: the endpoint's key, sampling, the HTTP client
+    and the local model's device and precision (each command names its model flags itself)."""
+    ap.add_argument("--api_key_env", default="OPENAI_API_KEY",
+                    help="environment variable holding the endpoint's API key (default: %(default)s; none when unset)")
+    ap.add_argument("--temperature", type=float, default=0.7, help="default: %(default)s")
+    ap.add_argument("--top_p", type=float, default=0.95, help="default: %(default)s")
+    ap.add_argument("--max_new_tokens", type=int, default=1024, help="default: %(default)s")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    ap.add_argument("--concurrency", type=int, default=8, help="--base_url: requests in flight (default: %(default)s)")
+    ap.add_argument("--retries", type=int, default=3,
+                    help="--base_url: retries of a failed request (default: %(default)s)")
+    ap.add_argument("--timeout", type=float, default=120.0,
+                    help="--base_url: seconds per request (default: %(default)s)")
+    ap.add_argument("--device", default=None, help="local model: cpu, cuda, cuda:1 ... (default: cuda if available)")
+    ap.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"),
+                    help="local model weights (default: bf16 on cuda, fp32 on cpu)")
+
+
+def policy_flag_problem(args) -> str | None:
+    """What is wrong with the flags of :func:`add_policy_flags`, or None."""
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        return f"--temperature must be >= 0 (got {args.temperature})"
+    if not 0 < args.top_p <= 1:
+        return f"--top_p must be in (0, 1] (got {args.top_p})"
+    for flag in ("max_new_tokens", "concurrency"):
+        if getattr(args, flag) < 1:
+            return f"--{flag} must be at least 1 (got {getattr(args, flag)})"
+    if args.retries < 0:
+        return f"--retries must be >= 0 (got {args.retries})"
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        return f"--timeout must be > 0 (got {args.timeout})"
+    return None
 
 
 def load_policy(model: str | None = None, base_url: str | None = None, *, api_key_env: str = "OPENAI_API_KEY",
