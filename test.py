@@ -11,6 +11,11 @@ cannot be written, an invalid test record, a model that cannot be loaded); 3 non
 scores (a diverged model; ``--allow_nonfinite`` scores anyway); 130 / 143 interrupted by Ctrl-C
 (SIGINT) / SIGTERM. A run stopped while scoring saves the questions scored so far to
 ``--output_file``, marked ``"partial": true``.
+
+Several devices (``--devices cuda:0,cuda:1``, or under ``torchrun --nproc_per_node N``): one
+process per device, each scoring every N-th question; rank 0 merges them into the JSON one
+process would write, byte for byte, and alone prints and writes. ``--devices`` starts the
+processes itself (``launch``) and exits with rank 0's code.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
+import subprocess
 import sys
 import threading
 from contextlib import closing, contextmanager
@@ -35,23 +42,74 @@ def main(argv: list[str] | None = None) -> int:
     except FlagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    torchrun = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if args.devices is not None and not torchrun:
+        return launch(args, sys.argv[1:] if argv is None else list(argv))
     try:
         _import_library()
     except KeyboardInterrupt:
         print("interrupted (SIGINT) before any question was scored; nothing written", file=sys.stderr)
         return 128 + signal.SIGINT
-    return run(args)
+    if not torchrun:
+        return run(args)
+    return distributed.quiet_unless_main(distributed.env_rank(), lambda: run(args),
+                                         echo=lambda line: distributed.PEER_FAILED not in line)
+
+
+# -- several devices ----------------------------------------------------------------------------
+def device_list(spec: str) -> list[str]:
+    """``--devices``: ``all`` (every visible GPU) or a comma-separated list."""
+    if spec != "all":
+        return [d.strip() for d in spec.split(",")]
+    import torch
+
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(args, argv: list[str]) -> int:
+    """``--devices``: run this command once per device, as torchrun would (RANK, WORLD_SIZE,
+    LOCAL_RANK, a local rendezvous), and return rank 0's exit code. SIGTERM and SIGINT are passed
+    on to every process, which save what they scored."""
+    devices = device_list(args.devices)
+    if not devices:
+        print("error: --devices all: no CUDA device is visible (use --device cpu)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    env = dict(os.environ, WORLD_SIZE=str(len(devices)), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+               LOCAL_WORLD_SIZE=str(len(devices)), DREAMPRM_DEVICES=",".join(devices))
+    # in sessions of their own: a Ctrl-C reaches them once, forwarded from here
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv], start_new_session=True,
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in range(len(devices))]
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    saved = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        codes = [p.wait() for p in procs]
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+    return codes[0] if codes[0] >= 0 else 128 - codes[0]
 
 
 def _import_library() -> None:
     """Bind torch, transformers' logging and the dreamprm modules that use them as this file's
     globals. The one lazy import here, and on purpose: importing torch takes seconds, so the flags
     are checked first, and ``main`` calls this inside its Ctrl-C handler (one line, exit 130)."""
-    global torch, hf_logging, aggregation, figures, prm, prompt, record_files, results, scoring, selection
+    global torch, hf_logging, aggregation, distributed, figures, prm, prompt, record_files, results, scoring
+    global selection
     import torch
     from transformers.utils import logging as hf_logging
 
-    from dreamprm import aggregation, figures, prm, prompt
+    from dreamprm import aggregation, distributed, figures, prm, prompt
     from dreamprm import records as record_files
     from dreamprm import results, scoring, selection
 
@@ -183,7 +241,53 @@ def run(args) -> int:
             return 128 + signum
 
 
+def _process_device(args) -> str:
+    """This process's device: ``--device`` (default cuda if available), or under torchrun its own
+    entry of ``--devices``, or its own GPU (``distributed.device_for``)."""
+    device = args.device or scoring.default_device()
+    if "RANK" not in os.environ:
+        return device
+    local_rank = int(os.environ["LOCAL_RANK"])
+    listed = os.environ.get("DREAMPRM_DEVICES") or (args.devices and ",".join(device_list(args.devices)))
+    if listed:
+        devices = listed.split(",")
+        if len(devices) != int(os.environ["WORLD_SIZE"]):
+            raise ValueError(f"--devices names {len(devices)} devices for {os.environ['WORLD_SIZE']} processes")
+        return devices[local_rank]
+    return distributed.device_for(device, local_rank)
+
+
 def _run(args) -> int:
+    world = distributed.World()
+    if "RANK" in os.environ:
+        try:
+            device = _process_device(args)
+            world = distributed.join("distributed", device, "gloo")  # gloo: only Python objects travel
+        except (ValueError, distributed.DistributedSetupError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    try:
+        prepared = _prepare(args, world)
+        # every process loads before any scores: one that cannot stops them all
+        failed = distributed.gather_objects(world, prepared if isinstance(prepared, int) else None)
+    except BaseException:
+        distributed.leave_now()
+        raise
+    if any(failed):
+        distributed.leave_now()
+        if isinstance(prepared, int):
+            return prepared
+        print(f"error: {distributed.PEER_FAILED}", file=sys.stderr)
+        return next(code for code in failed if code)
+    try:
+        return _score(args, world, *prepared)
+    finally:
+        distributed.leave_now()
+
+
+def _prepare(args, world):
+    """Check the output path, the device and the records, and load the model: an exit code (the
+    error printed) or what scoring needs."""
     out = Path(args.output_file).expanduser()
     problem = output_path_problem(out)
     if problem:
@@ -191,7 +295,7 @@ def _run(args) -> int:
         return EXIT_BAD_INPUT
     figs = Path(args.figs_dir).expanduser() if args.figs_dir else out.parent / "figs"
 
-    device = args.device or scoring.default_device()
+    device = world.device if world.distributed else (args.device or scoring.default_device())
     try:
         kind = torch.device(device).type
     except (RuntimeError, ValueError) as exc:
@@ -229,13 +333,20 @@ def _run(args) -> int:
         print(f"error: cannot load reward model {model!r} on {device} ({precision}): "
               f"{type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    how = scorer.describe()
+    return out, figs, device, precision, records, report, scorer
 
+
+def _score(args, world, out, figs, device, precision, records, report, scorer) -> int:
+    """Score this process's questions (all of them in a world of one), merge, write and report."""
+    model = str(args.reward_model)
+    how = scorer.describe()
+    positions = scoring.shard(len(records), world)
     questions: list[dict] = []
     candidates: list[list[str]] = []
     stop = None  # (exit code, stderr line, why) when scoring stops early
-    scored = scoring.iter_evaluate(scorer, records, args.test_json_file, prefetch=args.prefetch,
-                                   allow_nonfinite=args.allow_nonfinite)
+    scored = scoring.iter_evaluate(scorer, [records[i] for i in positions], args.test_json_file,
+                                   progress=world.is_main, prefetch=args.prefetch,
+                                   allow_nonfinite=args.allow_nonfinite, positions=positions)
     try:
         with closing(scored):
             for q, cands in scored:
@@ -252,20 +363,32 @@ def _run(args) -> int:
                 "(pass --allow_nonfinite to evaluate anyway: such candidates are never selected)",
                 "non-finite step scores")
     except prompt.PromptError as exc:
-        where = _record_label(records, report, len(questions))
+        where = _record_label(records, report, positions[len(questions)])
         stop = (EXIT_BAD_INPUT, f"error: {args.test_json_file}: {where}: {_first_line(exc)}", "bad record")
     except OSError as exc:  # an image that passed validation but cannot be decoded
-        where = _record_label(records, report, len(questions))
+        where = _record_label(records, report, positions[len(questions)])
         stop = (EXIT_BAD_INPUT, f"error: {args.test_json_file}: {where}: cannot read the image "
                 f"({type(exc).__name__}: {_first_line(exc)})", "unreadable image")
     except RuntimeError as exc:
         if not _is_out_of_memory(exc):
             raise
-        where = _record_label(records, report, len(questions))
+        where = _record_label(records, report, positions[len(questions)])
         stop = (EXIT_FAILED, f"error: out of memory while scoring {where}: {_first_line(exc)} (try a smaller "
                 "--batch_size or --max_length)", "out of memory")
     n_done = min(len(questions), len(candidates))
     del questions[n_done:], candidates[n_done:]
+    if world.size > 1:
+        with _signals_ignored():
+            parts = distributed.gather_objects(world, (positions[:n_done], questions, candidates, stop))
+        questions, candidates = scoring.merge_shards([part[:3] for part in parts])
+        stops = [part[3] for part in parts if part[3] is not None]
+        if not world.is_main:
+            return stop[0] if stop is not None else (stops[0][0] if stops else EXIT_OK)
+        stop = stops[0] if stops else None
+        for line in dict.fromkeys(s[1] for s in stops):  # why other processes stopped, once each
+            if line != stop[1]:
+                print(line, file=sys.stderr)
+        n_done = len(questions)
 
     if stop is not None:
         code, line, why = stop
@@ -287,7 +410,8 @@ def _run(args) -> int:
     with _signals_ignored():
         write_json(out, result)
     try:
-        return _report(args, out, figs, result, questions, candidates, report, f"{model} on {device} ({precision})")
+        where = device if world.size == 1 else f"{world.size} devices ({device}, ...)"
+        return _report(args, out, figs, result, questions, candidates, report, f"{model} on {where} ({precision})")
     except KeyboardInterrupt as exc:  # the results are saved; only the console report or the figure is cut short
         print(f"interrupted ({signal.Signals(_signal_of(exc)).name}); the results are in {out}", file=sys.stderr)
         return 128 + _signal_of(exc)

@@ -298,10 +298,21 @@ class BatchStream:
     Epoch ``e`` visits the dataset in the permutation drawn from ``seed`` and ``e``; the
     stream's position (epoch, batches taken) is all a checkpoint needs to resume it exactly.
     Items are built in DataLoader workers when ``num_workers`` > 0.
+
+    Data parallel (``world_size`` ranks): every rank draws the same permutation and cuts it into
+    global batches of ``world_size * batch_size``; rank r takes the r-th ``batch_size`` of each,
+    so the ranks' batches together are the batch one process would take with a batch size of
+    ``world_size * batch_size``, and the position is the same on every rank. An epoch's last
+    global batch is dropped when it cannot give every rank a full batch (a single process keeps
+    its short last batch, as before).
     """
 
     def __init__(self, dataset, batch_size: int, seed: int, pad_id: int, num_workers: int = 0,
-                 pin_memory: bool = False, shuffle: bool = True):
+                 pin_memory: bool = False, shuffle: bool = True, world_size: int = 1, rank: int = 0):
+        if world_size > 1 and len(dataset) < world_size * batch_size:
+            raise ValueError(f"{len(dataset)} items cannot give each of {world_size} ranks a batch of {batch_size}")
+        self.world_size = int(world_size)
+        self.rank = int(rank)
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -323,8 +334,11 @@ class BatchStream:
     def _start(self) -> None:
         from torch.utils.data import DataLoader
 
-        order = self._order()[self.taken * self.batch_size :]
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        size, per_rank = self.batch_size * self.world_size, self.batch_size
+        order = self._order()[self.taken * size :]
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        if self.world_size > 1:
+            batches = [b[self.rank * per_rank : (self.rank + 1) * per_rank] for b in batches if len(b) == size]
         loader = DataLoader(
             self.dataset,
             batch_sampler=batches,

@@ -28,6 +28,16 @@ ACTIVATIONS = ("LeakyReLU", "ReLU", "No", "Clip", "sigmoid")
 AGGREGATIONS = ("mean", "log_mean", "max", "min", "log_odds")
 REWEIGHTINGS = ("table", "net", "domain")
 META_LOSSES = ("aggregate", "step")
+STRATEGIES = ("default", "distributed", "zero", "fsdp")  # Betty's names; zero and fsdp are refused
+# Why --strategy zero / fsdp are refused (one line each).
+UNSUPPORTED_STRATEGIES = {
+    "zero": "--strategy zero is not supported: ZeRO shards the optimizer state across ranks, and the "
+            "checkpoints here save it whole on rank 0 (the 1B PRM's AdamW state fits on one GPU); use "
+            "--strategy distributed",
+    "fsdp": "--strategy fsdp is not supported: FSDP shards the PRM's parameters, and the darts "
+            "hypergradient, the gradient clipping, the finiteness guards and save_pretrained here all read "
+            "them whole (the 1B PRM fits on one GPU); use --strategy distributed",
+}
 
 
 class FlagError(ValueError):
@@ -111,13 +121,19 @@ class TrainConfig:
     device: str = _bilevel("cuda", "cuda or cpu (default: %(default)s)")
     precision: str = _bilevel("bf16", "model weights dtype and autocast (default: %(default)s)",
                               choices=("fp32", "bf16"))
-    strategy: str = _bilevel("default", "Betty strategy; only 'default' is supported on one device "
-                                        "(default: %(default)s)")
+    strategy: str = _bilevel(
+        "default", "default: one process, one device; distributed: data parallel under torchrun, one process "
+                   "per GPU (Betty's DDP strategy; README 'Multi-GPU'); Betty's zero and fsdp are refused "
+                   "(default: %(default)s)", choices=STRATEGIES)
+    backend: str | None = _bilevel(
+        None, "torch.distributed backend of --strategy distributed (default: nccl on CUDA, gloo on the CPU; "
+              "gloo also lets more processes than GPUs share them)", choices=("nccl", "gloo"))
     rollback: bool = _bilevel(False, "Betty roll-back of the lower level after the upper step", switch=True)
     baseline: bool = _bilevel(False, "train the lower level alone with weight 1; DreamPRM's name for what "
                                      "--retrain 1 does", switch=True)
     seed: int = _bilevel(1, "random seed: data order and initialisation (default: %(default)s)")
-    local_rank: int = _bilevel(0, "kept for upstream compatibility; unused")
+    local_rank: int = _bilevel(0, "kept for upstream compatibility; unused (torchrun's LOCAL_RANK is read from "
+                                  "the environment)")
 
     optimizer: str = _optimizer(
         "adamw_hf", "adamw_hf: the AdamW of transformers 4.x that the public DreamPRM-1.5 code trains with "
@@ -279,6 +295,9 @@ class TrainConfig:
                  "--activation_function does not apply to --reweighting domain: DreamPRM's Domain Table "
                  "weighs domains by softplus(raw) / mean(softplus(raw))")
         _require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other: pick one")
+        _require(self.strategy not in UNSUPPORTED_STRATEGIES, UNSUPPORTED_STRATEGIES.get(self.strategy, ""))
+        _require(self.backend is None or self.strategy == "distributed",
+                 f"--backend {self.backend} applies to --strategy distributed only")
         _require(self.eval_every >= 0, f"--eval_every must be 0 or more (got {self.eval_every})")
         if self.eval_json_file is None:
             _require(not self.save_best, "--save_best needs --eval_json_file: the best model is chosen by its "
@@ -307,7 +326,12 @@ class TestConfig:
                "single scoring pass (default: %(default)s)", choices=(*AGGREGATIONS, "all"))
     max_patch_num: int = flag(12, "maximum image tiles (a thumbnail is added when more than one) "
                                   "(default: %(default)s)")
-    device: str | None = flag(None, "default: cuda if available, else cpu")
+    device: str | None = flag(None, "default: cuda if available, else cpu; under torchrun, cuda means each "
+                                    "process's own GPU (LOCAL_RANK)")
+    devices: str | None = flag(
+        None, "score on several devices at once, one process each, merged into the JSON one device would "
+              "write: a comma-separated list (cuda:0,cuda:1) or 'all' (every visible GPU); same as running under "
+              "torchrun --nproc_per_node N")
     precision: str | None = flag(None, "model weights dtype; default: bf16 on cuda, fp32 on cpu",
                                  choices=("fp32", "bf16", "fp16"))
     batch_size: int = flag(8, "candidates per language-model batch (default: %(default)s)")
@@ -337,5 +361,10 @@ class TestConfig:
         _check_choices(self)
         _check_positive_ints(self, ("batch_size", "max_patch_num"))
         _require(self.prefetch >= 0, f"--prefetch must be 0 or more (got {self.prefetch})")
+        if self.devices is not None:
+            _require(self.device is None, "--device and --devices contradict each other: pick one")
+            names = self.devices.split(",")
+            _require(self.devices == "all" or all(n.strip() for n in names),
+                     f"--devices takes a comma-separated list such as cuda:0,cuda:1, or all (got {self.devices!r})")
         if self.max_length is not None:
             _require(self.max_length >= 1, f"--max_length must be at least 1 (got {self.max_length})")

@@ -39,6 +39,8 @@ from betty.hypergradient import jvp_fn_mapping
 from betty.hypergradient.darts import darts
 from betty.problems import ImplicitProblem
 
+from . import distributed
+from .distributed import World
 from .losses import instance_losses, meta_loss
 
 
@@ -54,7 +56,15 @@ def finite_darts(vector, curr, prev, sync):
     """Betty's darts hypergradient, skipped when the meta gradient ``vector`` is not finite.
 
     Skipping leaves the lower problem's weights untouched and gives the upper problem a NaN
-    gradient, so its guard skips (and counts) the update."""
+    gradient, so its guard skips (and counts) the update.
+
+    Data-parallel (``curr.world`` of several ranks): ``vector`` is first averaged over the ranks,
+    so every rank perturbs the PRM by the same global meta gradient (the PRM stays identical on
+    every rank, and a non-finite gradient anywhere is skipped everywhere). Each rank's finite
+    difference then uses its own training batch, and the weight model's DDP averages the results:
+    the hypergradient of the ranks' batches taken together, as one process with the whole batch
+    would compute it. Betty's darts averages nothing (each rank would use its own meta gradient)."""
+    distributed.average_(curr.world, list(vector))
     if all_finite(vector):
         return darts(vector, curr, prev, sync)
     params = list(prev.trainable_parameters())
@@ -81,10 +91,11 @@ def step_autocast(enabled: bool, precision: str, dtype, device):
 class _GuardedProblem(ImplicitProblem):
     """Clips gradients and skips (and counts) an update whose loss or gradient is not finite."""
 
-    def __init__(self, name, config, module, optimizer, scheduler, stream, autocast=True):
+    def __init__(self, name, config, module, optimizer, scheduler, stream, autocast=True, world: World = World()):
         super().__init__(name, config, module, optimizer, scheduler, train_data_loader=None)
         self.stream = stream
         self.autocast = autocast
+        self.world = world  # data-parallel: the ranks agree on every skipped update
         self._stats: dict = {}  # the latest step's numbers, until take_stats() hands them over
         self.skipped_updates = 0
         self.bad_in_a_row = 0
@@ -137,7 +148,9 @@ class _GuardedProblem(ImplicitProblem):
         max_norm = self.gradient_clipping if self.gradient_clipping > 0 else float("inf")
         params = [p for p in self.trainable_parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
-        self.last_update_skipped = not (self._loss_finite and bool(torch.isfinite(norm)))
+        # the gradients (so their norm) are averaged over the ranks already; a loss is per rank
+        bad = not (self._loss_finite and bool(torch.isfinite(norm)))
+        self.last_update_skipped = distributed.any_true(self.world, bad)
         if self.last_update_skipped:
             self.skipped_updates += 1
             self.bad_in_a_row += 1
@@ -150,8 +163,9 @@ class _GuardedProblem(ImplicitProblem):
 class LowerProblem(_GuardedProblem):
     """The PRM, trained on instance-weighted step cross-entropy (or MSE)."""
 
-    def __init__(self, name, config, module, optimizer, scheduler, stream, lower_loss="ce", autocast=True):
-        super().__init__(name, config, module, optimizer, scheduler, stream, autocast)
+    def __init__(self, name, config, module, optimizer, scheduler, stream, lower_loss="ce", autocast=True,
+                 world: World = World()):
+        super().__init__(name, config, module, optimizer, scheduler, stream, autocast, world)
         self.lower_loss = lower_loss
         self._own_step = False  # True inside get_loss; otherwise darts is calling at a perturbed PRM
         self._pending = None  # (losses, weights, weighted, index) of the unperturbed pass, until get_loss reads it
@@ -201,8 +215,8 @@ class UpperProblem(_GuardedProblem):
     ``step`` scores every step on its own (``aggregation`` unused); see ``losses.meta_loss``."""
 
     def __init__(self, name, config, module, optimizer, scheduler, stream, aggregation="mean", loss_target="both",
-                 autocast=True, meta_loss="aggregate"):
-        super().__init__(name, config, module, optimizer, scheduler, stream, autocast)
+                 autocast=True, meta_loss="aggregate", world: World = World()):
+        super().__init__(name, config, module, optimizer, scheduler, stream, autocast, world)
         self.aggregation = aggregation
         self.loss_target = loss_target
         self.meta_loss_kind = meta_loss
@@ -257,17 +271,64 @@ def problem_config(*, upper: bool, unroll_steps: int = 1, gradient_accumulation:
 #   Then on_iteration(it, {problem name: problem.take_stats()}).
 
 
+def merge_stats(per_rank: list[dict]) -> dict:
+    """One problem's ``take_stats()`` of an iteration, from every rank, as one: the instances of
+    the ranks in rank order (``instance_*`` lists joined), the smallest ``*_min``, the largest
+    ``*_max``, the mean of every other number (losses, mean weight; learning rates are equal)."""
+    per_rank = [s for s in per_rank if s]
+    if len(per_rank) <= 1:
+        return dict(per_rank[0]) if per_rank else {}
+    merged = {}
+    for key in per_rank[0]:
+        values = [s[key] for s in per_rank]
+        if key.startswith("instance_"):
+            merged[key] = [v for value in values for v in value]
+        elif key.endswith("_min"):
+            merged[key] = min(values)
+        elif key.endswith("_max"):
+            merged[key] = max(values)
+        else:
+            merged[key] = sum(values) / len(values)
+    return merged
+
+
 class IterationEngine(Engine):
     """Betty's engine, run one iteration at a time so the trainer can log, save and stop.
 
     ``on_iteration(it, stats)`` is called after every iteration with ``{problem name: that
-    problem's take_stats()}``; returning False stops the run. ``run(start_iteration)`` lets a
-    resumed run continue where its checkpoint left off. It never runs Betty's validation.
+    problem's take_stats()}`` (merged over the ranks in a data-parallel run, ``merge_stats``);
+    returning False stops the run. ``run(start_iteration)`` lets a resumed run continue where its
+    checkpoint left off. It never runs Betty's validation.
+
+    Data parallel (``--strategy distributed``): ``world`` is the process group the trainer has
+    already joined. Betty 0.2.1's ``configure_systems`` would start the group itself, assert a
+    world size above 1 and put rank r on ``cuda:(r % device_count)``; this engine overrides it, for
+    that strategy only, to take the trainer's group as it is: its device (the same CUDA rule, or
+    the CPU for gloo runs, where ``device_count`` is 0 and Betty's rule divides by zero) and a
+    world of one (a one-process torchrun, which trains exactly as a plain run). ``cleanup`` leaves
+    the group to the trainer, which still needs it after the last iteration. Everything else,
+    the DDP wrapping of both problems' modules and the gradient averaging, is Betty's.
     """
 
-    def __init__(self, problems, config: EngineConfig, dependencies, on_iteration=None):
+    def __init__(self, problems, config: EngineConfig, dependencies, on_iteration=None, world: World = World()):
         self.on_iteration = on_iteration
+        self.world = world
         super().__init__(problems=problems, config=config, dependencies=dependencies)
+
+    def configure_systems(self):
+        if self._strategy != "distributed":
+            return super().configure_systems()
+        w = self.world
+        if not w.distributed:
+            raise RuntimeError("strategy 'distributed' needs the trainer's process group (distributed.join)")
+        self._world_size, self._rank, self._local_rank = w.size, w.rank, w.local_rank
+        self.device = torch.device(w.device)
+        return {"strategy": self._strategy, "backend": w.backend, "world_size": w.size, "rank": w.rank,
+                "local_rank": w.local_rank}
+
+    def cleanup(self):
+        if self._strategy != "distributed":
+            super().cleanup()
 
     def run(self, start_iteration: int = 0):
         self.train()
@@ -275,6 +336,9 @@ class IterationEngine(Engine):
             self.global_step = it
             self.train_step()
             stats = {problem.name: problem.take_stats() for problem in self.problems}
+            if self.world.size > 1:
+                ranks = distributed.gather_objects(self.world, stats)
+                stats = {name: merge_stats([r[name] for r in ranks]) for name in stats}
             if self.on_iteration is not None and self.on_iteration(it, stats) is False:
                 break
         self.cleanup()

@@ -51,6 +51,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .distributed import World, gather_objects
 from .batching import ExampleBuilder, collate, load_rgb
 from .prm import Prefix, ProcessRewardModel
 from .prompt import PromptError, candidate_conversation, encode_conversation
@@ -329,9 +330,11 @@ def iter_evaluate(
     progress: bool = True,
     prefetch: int = 2,
     allow_nonfinite: bool = False,
+    positions: Sequence[int] | None = None,
 ):
     """Yield ``(question_result, candidates)`` for every record, in order, as each is scored
-    (see ``evaluate``); a caller stopped part-way keeps what it was given."""
+    (see ``evaluate``); a caller stopped part-way keeps what it was given. ``positions``: the
+    records' places in their file (default 0, 1, ...), which name a question without an id."""
     pin = prefetch > 0 and torch.device(scorer.device).type == "cuda"
 
     def prepare(rec):
@@ -342,10 +345,11 @@ def iter_evaluate(
         try:
             for index, (rec, pv) in enumerate(zip(bar, pixels)):
                 step_scores = scorer.score_candidates(pv, rec["question"], rec["candidates"])
-                q = question_result(rec.get("id", index), rec["true_false"], step_scores, scorer.dtype,
+                place = index if positions is None else positions[index]
+                q = question_result(rec.get("id", place), rec["true_false"], step_scores, scorer.dtype,
                                     n_steps=getattr(step_scores, "n_steps", None))
                 if q["nonfinite"] and not allow_nonfinite:
-                    raise NonFiniteScoresError(index, q["id"], len(q["nonfinite"]), len(q["true_false"]))
+                    raise NonFiniteScoresError(place, q["id"], len(q["nonfinite"]), len(q["true_false"]))
                 yield q, list(rec["candidates"])
         finally:
             bar.close()
@@ -358,6 +362,7 @@ def evaluate(
     progress: bool = True,
     prefetch: int = 2,
     allow_nonfinite: bool = False,
+    positions: Sequence[int] | None = None,
 ) -> tuple[list[dict], list[list[str]]]:
     """Score every record's candidates; return the per-question results and the candidates.
 
@@ -367,7 +372,7 @@ def evaluate(
     raises the same exception at the same question. Non-finite step scores raise
     ``NonFiniteScoresError`` unless ``allow_nonfinite``."""
     questions, candidates = [], []
-    for q, cands in iter_evaluate(scorer, records, json_path, progress, prefetch, allow_nonfinite):
+    for q, cands in iter_evaluate(scorer, records, json_path, progress, prefetch, allow_nonfinite, positions):
         questions.append(q)
         candidates.append(cands)
     return questions, candidates
@@ -396,12 +401,36 @@ def evaluate_in_memory(
     batch_size: int = 8,
     prefetch: int = 2,
     allow_nonfinite: bool = False,
+    world: World = World(),
     **scorer_options,
 ) -> tuple[list[dict], list[list[str]]]:
     """``evaluate`` with a PRM already in memory (the one being trained: no reload), scored as
     test.py scores a loaded one (a ``Scorer`` with these options, no progress bar); the PRM's
-    train/eval modes are as they were afterwards (``scoring_mode``)."""
+    train/eval modes are as they were afterwards (``scoring_mode``). In a data-parallel ``world``
+    every rank scores its share (``shard``) and all get the merged results (``merge_shards``)."""
+    positions = shard(len(records), world)
     with scoring_mode(prm):
         scorer = Scorer(prm, max_patch_num=max_patch_num, batch_size=batch_size, **scorer_options)
-        return evaluate(scorer, records, json_path, progress=False, prefetch=prefetch,
-                        allow_nonfinite=allow_nonfinite)
+        questions, candidates = evaluate(scorer, [records[i] for i in positions], json_path, progress=False,
+                                         prefetch=prefetch, allow_nonfinite=allow_nonfinite, positions=positions)
+    if world.size == 1:
+        return questions, candidates
+    return merge_shards(gather_objects(world, (positions, questions, candidates)))
+
+
+def shard(n_records: int, world: World) -> list[int]:
+    """The positions of the records this rank scores: every ``world.size``-th from its rank. A
+    question's results depend on that question alone, so the shards merge into exactly what
+    one process would write (``merge_shards``)."""
+    return list(range(world.rank, n_records, world.size))
+
+
+def merge_shards(parts) -> tuple[list[dict], list[list[str]]]:
+    """``[(positions, questions, candidates) of each rank]`` as one ``(questions, candidates)``,
+    in record order (positions missing from every part, as in a stopped run, are left out)."""
+    by_position = {}
+    for positions, questions, candidates in parts:
+        for position, q, c in zip(positions, questions, candidates):
+            by_position[position] = (q, c)
+    ordered = [by_position[p] for p in sorted(by_position)]
+    return [q for q, _ in ordered], [c for _, c in ordered]

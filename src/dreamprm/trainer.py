@@ -37,12 +37,14 @@ from tqdm.auto import tqdm
 from .batching import BatchStream, ConversationDataset, ExampleBuilder, drop_overlong
 from .checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, read_run_config,
                          read_trainer_state, rng_state, save_checkpoint, set_rng_state, verify_checkpoint)
+from . import distributed
 from .config import TrainConfig
+from .distributed import PEER_FAILED, World
 from .jsonio import atomic_write_text, write_json
 from .optim import make_optimizer, make_scheduler
 from .prm import ProcessRewardModel
 from .problems import IterationEngine, LowerProblem, UpperProblem, all_finite, problem_config
-from .records import load_records, plural
+from .records import DataError, load_records, plural
 from .results import BASELINE_NAMES, summarise
 from .runfolder import BEST_DIR, BEST_INFO, EXPORT_MANIFEST, RunFolder, RunFolderError, open_append
 from .scoring import evaluate_in_memory
@@ -81,6 +83,10 @@ class SetupError(Exception):
 
 class ResumeMismatch(Exception):
     """``--resume`` into a checkpoint made with an incompatible configuration (one line)."""
+
+
+class PeerFailed(SetupError):
+    """Data parallel: another rank could not set up (its own error says why); this rank stops too."""
 
 
 def set_seed(seed: int) -> None:
@@ -124,10 +130,14 @@ class Trainer:
         self.config = config
         self.out = Path(config.weights_path)
         self.bilevel = config.bilevel
-        self.device = config.device
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
+        if config.device.startswith("cuda") and not torch.cuda.is_available():
             raise SetupError("--device cuda but no CUDA device is visible; use --device cpu --precision fp32")
         check_logger(config.logger)
+        try:
+            self.world = distributed.join(config.strategy, config.device, config.backend)
+        except distributed.DistributedSetupError as exc:
+            raise SetupError(str(exc)) from None
+        self.device = self.world.device
         # What the training loop keeps between iterations (run() and _on_iteration fill it in).
         self.net_seen: dict[str, dict] = {}  # Instance Net: the weight each seen id got, and when
         self.metrics_file = None
@@ -139,64 +149,97 @@ class Trainer:
         # part of the checkpointed state, so a resumed run keeps the same best
         self.best_eval: dict | None = None
         self._eval_notes: list[str] = []  # what the latest evaluation's summary counted (truncated, ...)
-        self.folder = RunFolder(self.out).open()
+        # Data parallel: rank 0 alone owns the folder (lock, exports, checkpoints, metrics); the
+        # others only read a checkpoint to resume from. The ranks agree that all of them set up
+        # before the engine's first collective (DDP's broadcast), so one failure stops them all.
+        self.folder = None
         try:
-            quiet_libraries()
-            set_seed(config.seed)
-            self.resume_point = self._find_resume_point() if config.resume else None
-            self.replace_previous = self._replaces_previous_run()  # removed in run(), once all has loaded
-            self.folder.clean_temporaries()
-
-            # Data first: a bad record is reported before the (slow) model load.
-            train_records, report = load_records(config.train_json_file, "train", skip_bad=config.skip_bad_records)
-            print(report.summary())
-            meta_records = meta_report = None
-            if self.bilevel:
-                meta_records, meta_report = load_records(config.meta_json_file, "meta",
-                                                         skip_bad=config.skip_bad_records)
-                print(meta_report.summary())
-            self.eval_records = None
-            if config.eval_json_file is not None:
-                self.eval_records, eval_report = load_records(config.eval_json_file, "test",
-                                                              skip_bad=config.skip_bad_records)
-                print(eval_report.summary())
-
-            self.prm = self._load_prm()
-            builder = ExampleBuilder(self.prm.processor, config.max_patch_num)
-            train_records = self._drop_overlong(train_records, report, config.train_json_file, builder, "train")
-            if meta_records is not None:
-                meta_records = self._drop_overlong(meta_records, meta_report, config.meta_json_file, builder, "meta")
-            if self.resume_point is not None:
-                train_records = self._match_checkpoint(train_records, meta_records)
-
-            pad_id = self.prm.processor.tokenizer.pad_token_id or 0
-            pin = self.device.startswith("cuda")
-            workers = config.num_workers
-            if workers is None:  # decode and tile off the training loop's thread on a GPU machine
-                workers = min(4, max((os.cpu_count() or 1) - 1, 0)) if pin else 0
-            self.train_set = ConversationDataset(train_records, config.train_json_file, builder)
-            self.train_stream = BatchStream(self.train_set, config.batch_size, config.seed, pad_id, workers, pin)
-            self.meta_stream = self.meta_size = None
-            if self.bilevel:
-                meta_set = ConversationDataset(meta_records, config.meta_json_file, builder,
-                                               domains=self.train_set.domains)
-                self.meta_size = len(meta_set)
-                self.meta_stream = BatchStream(meta_set, config.meta_batch_size, config.seed + 1, pad_id, workers,
-                                               pin)
-            self.weight_model = self._build_weight_model() if self.bilevel else None
-
-            self.lower = self._lower_problem()
-            self.upper = self._upper_problem() if self.bilevel else None
+            if self.world.is_main:
+                self.folder = RunFolder(self.out).open()
+            self._setup()
+        except BaseException as exc:
+            self._close_folder()
+            errors = distributed.gather_objects(self.world, str(exc))
+            if self.world.rank > 0 and errors[0] == str(exc):  # rank 0 reports it
+                raise PeerFailed(PEER_FAILED) from None
+            raise
+        if any(distributed.gather_objects(self.world, None)):
+            self._close_folder()
+            raise PeerFailed(PEER_FAILED)
+        try:
             self.engine = self._build_engine()
         except BaseException:
-            self.folder.close()
+            self._close_folder()
             raise
 
+    def _close_folder(self) -> None:
+        if self.folder is not None:
+            self.folder.close()
+
+    def _setup(self) -> None:
+        config = self.config
+        quiet_libraries()
+        set_seed(config.seed)
+        self.resume_point = self._find_resume_point() if config.resume else None
+        self.replace_previous = self._replaces_previous_run()  # removed in run(), once all has loaded
+        if self.folder is not None:
+            self.folder.clean_temporaries()
+
+        # Data first: a bad record is reported before the (slow) model load.
+        train_records, report = load_records(config.train_json_file, "train", skip_bad=config.skip_bad_records)
+        print(report.summary())
+        meta_records = meta_report = None
+        if self.bilevel:
+            meta_records, meta_report = load_records(config.meta_json_file, "meta",
+                                                     skip_bad=config.skip_bad_records)
+            print(meta_report.summary())
+        self.eval_records = None
+        if config.eval_json_file is not None:
+            self.eval_records, eval_report = load_records(config.eval_json_file, "test",
+                                                          skip_bad=config.skip_bad_records)
+            print(eval_report.summary())
+
+        self.prm = self._load_prm()
+        builder = ExampleBuilder(self.prm.processor, config.max_patch_num)
+        train_records = self._drop_overlong(train_records, report, config.train_json_file, builder, "train")
+        if meta_records is not None:
+            meta_records = self._drop_overlong(meta_records, meta_report, config.meta_json_file, builder, "meta")
+        if self.resume_point is not None:
+            train_records = self._match_checkpoint(train_records, meta_records)
+
+        pad_id = self.prm.processor.tokenizer.pad_token_id or 0
+        pin = self.device.startswith("cuda")
+        workers = config.num_workers
+        if workers is None:  # decode and tile off the training loop's thread on a GPU machine
+            workers = min(4, max((os.cpu_count() or 1) - 1, 0)) if pin else 0
+        self.train_set = ConversationDataset(train_records, config.train_json_file, builder)
+        self.train_stream = self._stream(self.train_set, config.train_json_file, "--batch_size", config.batch_size,
+                                         config.seed, pad_id, workers, pin)
+        self.meta_stream = self.meta_size = None
+        if self.bilevel:
+            meta_set = ConversationDataset(meta_records, config.meta_json_file, builder,
+                                           domains=self.train_set.domains)
+            self.meta_size = len(meta_set)
+            self.meta_stream = self._stream(meta_set, config.meta_json_file, "--meta_batch_size",
+                                            config.meta_batch_size, config.seed + 1, pad_id, workers, pin)
+        self.weight_model = self._build_weight_model() if self.bilevel else None
+
+        self.lower = self._lower_problem()
+        self.upper = self._upper_problem() if self.bilevel else None
+
     # -- construction --------------------------------------------------------------------
+    def _stream(self, dataset, path, flag: str, batch_size: int, seed: int, pad_id, workers, pin) -> BatchStream:
+        """A stream over ``dataset``; data parallel, this rank's share of every global batch."""
+        w = self.world
+        if w.size > 1 and len(dataset) < w.size * batch_size:
+            raise DataError(f"{path}: {plural(len(dataset), 'record')} cannot give each of {w.size} processes "
+                            f"a batch of {batch_size} ({flag}); use fewer processes or more records")
+        return BatchStream(dataset, batch_size, seed, pad_id, workers, pin, world_size=w.size, rank=w.rank)
+
     def _replaces_previous_run(self) -> bool:
         """Whether this run replaces another run's files (--overwrite); without --resume or
-        --overwrite a folder holding another run is refused."""
-        if self.config.resume or not (previous := self.folder.previous_run()):
+        --overwrite a folder holding another run is refused. Rank 0 decides (the others say no)."""
+        if self.folder is None or self.config.resume or not (previous := self.folder.previous_run()):
             return False
         if not self.config.overwrite:
             raise RunFolderError(
@@ -235,7 +278,7 @@ class Trainer:
         scheduler = make_scheduler(optimizer, c.scheduler_type, c.iteration_num, c.warmup_ratio,
                                    c.scheduler_step_size, c.scheduler_gamma)
         return LowerProblem("lower", self._problem_config(upper=False), self.prm, optimizer, scheduler,
-                            self.train_stream, c.lower_loss, autocast=not c.no_autocast)
+                            self.train_stream, c.lower_loss, autocast=not c.no_autocast, world=self.world)
 
     def _upper_problem(self) -> UpperProblem:
         c = self.config
@@ -246,7 +289,7 @@ class Trainer:
                                    c.warmup_ratio, c.meta_scheduler_step_size, c.meta_scheduler_gamma)
         return UpperProblem("upper", self._problem_config(upper=True), self.weight_model, optimizer, scheduler,
                             self.meta_stream, c.aggregation_function, c.loss_target, autocast=not c.no_autocast,
-                            meta_loss=c.meta_loss)
+                            meta_loss=c.meta_loss, world=self.world)
 
     def _build_engine(self) -> IterationEngine:
         c = self.config
@@ -257,8 +300,8 @@ class Trainer:
             deps = {"l2u": {self.lower: [self.upper]}, "u2l": {self.upper: [self.lower]}}
         strategy = "cpu" if self.device == "cpu" and c.strategy == "default" else c.strategy
         engine_config = EngineConfig(train_iters=c.iteration_num, strategy=strategy, roll_back=c.rollback,
-                                     logger_type=c.logger)
-        return IterationEngine(problems, engine_config, deps, self._on_iteration)
+                                     logger_type=c.logger if self.world.is_main else "none")
+        return IterationEngine(problems, engine_config, deps, self._on_iteration, world=self.world)
 
     def _drop_overlong(self, records: list[dict], report, json_path, builder: ExampleBuilder, kind: str) -> list[dict]:
         """Records longer than --max_length (default: the model's context) are an error, or dropped."""
@@ -295,6 +338,7 @@ class Trainer:
             "domains": list(self.train_set.domains),
             "meta_json_file": str(Path(a.meta_json_file).resolve()) if self.bilevel else None,
             "meta_size": self.meta_size,
+            "processes": self.world.size,
             **self._sizes(),
         }
 
@@ -329,7 +373,7 @@ class Trainer:
         if found:
             raise ResumeMismatch(f"--resume: no usable checkpoint in {self.out / 'checkpoints'} "
                                  f"({'; '.join(reasons)}); start again with --overwrite")
-        if previous := self.folder.previous_run():
+        if self.folder is not None and (previous := self.folder.previous_run()):
             raise ResumeMismatch(f"--resume: {self.out} holds a run ({previous}) but no checkpoint; "
                                  "start again with --overwrite")
         print(f"--resume: no checkpoint in {self.out / 'checkpoints'}; starting from the beginning")
@@ -350,6 +394,11 @@ class Trainer:
         for flag, current in self._sizes().items():
             if saved.get(flag) != current:
                 raise ResumeMismatch(f"{where} was made with --{flag} {saved.get(flag)}, not {current}")
+        processes = int(saved.get("processes", 1))
+        if processes != self.world.size:
+            raise ResumeMismatch(f"{where} was made by {plural(processes, 'training process', 'training processes')}"
+                                 f" and this run has {self.world.size}; resume with the same number (torchrun "
+                                 "--nproc_per_node): the data position and the batch of an update depend on it")
         if self.bilevel and saved.get("meta_size") != len(meta_records):
             raise ResumeMismatch(f"{where} was made with {saved.get('meta_size')} meta records, "
                                  f"{a.meta_json_file} has {len(meta_records)}")
@@ -470,13 +519,17 @@ class Trainer:
             write_json(self.out / "instance_weights.json", weights)
 
     def save(self, iteration: int) -> Path:
-        bad = self.nonfinite_state()
+        """Export and checkpoint (rank 0; the other ranks wait for it and get the path)."""
+        bad = self.nonfinite_state()  # the same on every rank: their parameters are equal
         if bad is not None:
             raise TrainingDiverged(f"stopped at iteration {iteration}: {bad} are not finite, so nothing was "
                                    f"written; {self.last_checkpoint_text()}")
-        self.export()
-        return save_checkpoint(self.out, iteration, self.prm, self.weight_model, self.trainer_state(),
-                               self.run_config(), keep=self.config.keep_checkpoints)
+        path = None
+        if self.world.is_main:
+            self.export()
+            path = save_checkpoint(self.out, iteration, self.prm, self.weight_model, self.trainer_state(),
+                                   self.run_config(), keep=self.config.keep_checkpoints)
+        return Path(distributed.gather_objects(self.world, str(path) if path else None)[0])
 
     # -- evaluation during training ----------------------------------------------------------
     def evaluates_at(self, iteration: int) -> bool:
@@ -496,7 +549,8 @@ class Trainer:
         try:
             questions, candidates = evaluate_in_memory(self.prm, self.eval_records, c.eval_json_file,
                                                        max_patch_num=c.eval_max_patch_num,
-                                                       batch_size=c.eval_batch_size, allow_nonfinite=True)
+                                                       batch_size=c.eval_batch_size, allow_nonfinite=True,
+                                                       world=self.world)
         finally:
             set_rng_state(rng)
         summary = summarise(questions, candidates)
@@ -530,6 +584,12 @@ class Trainer:
             raise TrainingDiverged(f"stopped at iteration {iteration}: {bad} are not finite, so nothing was "
                                    f"written; {self.last_checkpoint_text()}")
         final = self.out / BEST_DIR
+        self.best_eval = {"iteration": iteration, "accuracy": row[BEST_METRIC],
+                          "eval_json_file": str(Path(self.config.eval_json_file).resolve()),
+                          "questions": row["eval_questions"]}
+        if not self.world.is_main:
+            distributed.barrier(self.world)
+            return final
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-best-", dir=self.out))
         old = None
         try:
@@ -555,9 +615,7 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
-        self.best_eval = {"iteration": iteration, "accuracy": row[BEST_METRIC],
-                          "eval_json_file": str(Path(self.config.eval_json_file).resolve()),
-                          "questions": row["eval_questions"]}
+        distributed.barrier(self.world)
         return final
 
     def _record(self, iteration: int, seconds: float, stats: dict) -> dict:
@@ -580,13 +638,36 @@ class Trainer:
         now = time.perf_counter()
         row = self._record(it, now - self._last_time, stats)
         self._last_time = now
-        diverged = self._divergence(it)
+        # a signal to any rank stops every rank after this iteration (rank 0 saves)
+        signum = distributed.max_int(self.world, self._signal or 0)
+        if signum and self._signal is None:
+            self._signal = signum
+        diverged = self._divergence(it)  # the same on every rank: the parameters and skips are
         new_best = False
         if diverged is None and self.evaluates_at(it):
             row.update(self.evaluate())
             new_best = self.config.save_best and self._is_new_best(row)
-            tqdm.write(self._eval_line(it, row, new_best))
+            if self.world.is_main:
+                tqdm.write(self._eval_line(it, row, new_best))
             self._last_time = time.perf_counter()  # the next row's seconds are training time only
+        if self.world.is_main:
+            self._log(it, row)
+        if diverged is not None:
+            raise TrainingDiverged(diverged)
+        if new_best:
+            self.save_best(it, row)
+        final = it == self.config.iteration_num
+        if it % self.config.save_every_iterations == 0 or final or self._signal is not None:
+            path = self.save(it)
+            if self._signal is not None:
+                name = signal.Signals(self._signal).name
+                raise TrainingInterrupted(
+                    f"{name} received: saved a checkpoint at iteration {it} in {path}; "
+                    f"resume with the same command plus --resume", self._signal)
+        return True
+
+    def _log(self, it: int, row: dict) -> None:
+        """The metrics row to metrics.jsonl (and the logger), the progress bar (rank 0)."""
         # metrics.jsonl keeps NaN as the JSON-superset token NaN (one row per iteration, as
         # json.loads reads it); every other output file is strict JSON.
         self.metrics_file.write(json.dumps(row) + "\n")
@@ -602,19 +683,6 @@ class Trainer:
                 post["meta"] = f"{self._last_meta:.4f}"
             self.bar.set_postfix(post, refresh=False)
             self.bar.update(1)
-        if diverged is not None:
-            raise TrainingDiverged(diverged)
-        if new_best:
-            self.save_best(it, row)
-        final = it == self.config.iteration_num
-        if it % self.config.save_every_iterations == 0 or final or self._signal is not None:
-            path = self.save(it)
-            if self._signal is not None:
-                name = signal.Signals(self._signal).name
-                raise TrainingInterrupted(
-                    f"{name} received: saved a checkpoint at iteration {it} in {path}; "
-                    f"resume with the same command plus --resume", self._signal)
-        return True
 
     def _divergence(self, it: int) -> str | None:
         """Why training must stop after iteration ``it`` (a problem's parameters or updates went
@@ -638,19 +706,22 @@ class Trainer:
         print(f"\n{signal.Signals(signum).name}: finishing this iteration, then saving a checkpoint ...", flush=True)
 
     def run(self) -> Path:
+        """Train; rank 0 writes the outputs (every rank returns the output folder)."""
         a = self.config
+        main = self.world.is_main
         try:
             if self.replace_previous:
                 self.folder.remove_previous_run()
             start = self.resume()
-            if self.resume_point is None:
-                (self.out / "metrics.jsonl").unlink(missing_ok=True)
-            else:
-                self._trim_metrics(start)
-            write_json(self.out / "train_args.json", dataclasses.asdict(a))
-            self.metrics_file = open_append(self.out / "metrics.jsonl")
-            self.bar = None if a.no_progress else tqdm(total=a.iteration_num, initial=start, desc=self.mode(),
-                                                       unit="it")
+            if main:
+                if self.resume_point is None:
+                    (self.out / "metrics.jsonl").unlink(missing_ok=True)
+                else:
+                    self._trim_metrics(start)
+                write_json(self.out / "train_args.json", dataclasses.asdict(a))
+                self.metrics_file = open_append(self.out / "metrics.jsonl")
+            self.bar = None if a.no_progress or not main else tqdm(total=a.iteration_num, initial=start,
+                                                                   desc=self.mode(), unit="it")
             self._last_time, self._last_meta = time.perf_counter(), None
             previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
             try:
@@ -659,12 +730,13 @@ class Trainer:
             finally:
                 for s, h in previous.items():
                     signal.signal(s, h)
-                self.metrics_file.close()
+                if self.metrics_file is not None:
+                    self.metrics_file.close()
                 if self.bar is not None:
                     self.bar.close()
         finally:
-            self.folder.close()
-        if a.save_best and self.best_eval is not None:
+            self._close_folder()
+        if main and a.save_best and self.best_eval is not None:
             print(f"best model (iteration {self.best_eval['iteration']}, mean-aggregation accuracy "
                   f"{100 * self.best_eval['accuracy']:.2f}%): {self.out / BEST_DIR}")
         return self.out
