@@ -8,7 +8,7 @@ set -euo pipefail
 # Shared: the Python to use, paths relative to the caller, data defaults, --reweighting check.
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/run_common.sh"
 data_default --train_json_file --t data/train_coldstart.json data/coldstart.json "$@"
-exec "$PY" "$REPO/train.py" \
+exec "${TRAIN[@]}" \
   --retrain 1 \
   --reward_model OpenGVLab/InternVL3-1B-hf \
   ${DATA[@]+"${DATA[@]}"} \

@@ -13,7 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/scripts/run_common.sh"
 refuse_reweighting table "$@"
 data_default --train_json_file --t data/train_table.json data/train.json "$@"
 data_default --meta_json_file --meta_j data/meta_mmmu_pro.json data/meta.json "$@"
-exec "$PY" "$REPO/train.py" \
+exec "${TRAIN[@]}" \
   --reweighting table \
   --reward_model "$REPO/weights/coldstart" \
   ${DATA[@]+"${DATA[@]}"} \

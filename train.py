@@ -15,6 +15,7 @@ and writes, the others stay quiet except for an error of their own (``[rank N] e
 from __future__ import annotations
 
 import sys
+import warnings
 
 from arguments import FlagError, TrainConfig, parse_train_args
 
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if config.strategy != "distributed":
         return _main_process(config)
+    # DDP notes a parameter whose gradient comes strided (a slice of the vision embeddings); harmless
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     try:
         from dreamprm.distributed import PEER_FAILED, env_rank, quiet_unless_main
     except KeyboardInterrupt:

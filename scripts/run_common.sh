@@ -8,6 +8,20 @@ else PY=python3
 fi
 export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's dreamprm, whatever $PY has
 
+# How train.py runs: one process, or with NPROC_PER_NODE=N data parallel on N processes of this
+# machine (torchrun, --strategy distributed; README "Multi-GPU"). torchrun gives the processes
+# --shutdown_timeout seconds after a SIGTERM before killing them: time to save a checkpoint.
+if [ -n "${NPROC_PER_NODE:-}" ]; then
+  if ! [[ $NPROC_PER_NODE =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: NPROC_PER_NODE must be a positive number of processes (got '$NPROC_PER_NODE')" >&2
+    exit 2
+  fi
+  TRAIN=("$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC_PER_NODE" --shutdown_timeout 300
+         "$REPO/train.py" --strategy distributed)
+else
+  TRAIN=("$PY" "$REPO/train.py")
+fi
+
 # last_value FLAG SHORTEST_PREFIX ARGS...: the value the last FLAG among ARGS gives (argparse
 # also takes --flag=value and any unambiguous prefix); fails when no FLAG is there.
 last_value() {

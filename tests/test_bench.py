@@ -225,3 +225,25 @@ def test_bon8_breakdown_cpu_smoke_run_reports_every_part(tmp_path, tiny_dir):
     assert set(parts) == {*timed, "device"} and parts["device"] == "cpu (tiny model)"
     assert all(isinstance(parts[k], float) and math.isfinite(parts[k]) for k in timed)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == parts
+
+
+@pytest.mark.slow
+def test_distributed_cpu_smoke_run_times_one_process_and_two_ranks(tmp_path, tiny_dir):
+    done = _script("distributed.py", "--device", "cpu", "--out", str(tmp_path / "run"), "--work",
+                   str(tmp_path / "work"), "--iters", "2", "--warmup", "1", "--runs", "single,gloo2,nccl2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "distributed.json").read_text())
+    rows = report["rows"]
+    assert [(r["run"], r["exit"], r["processes"]) for r in rows] == [("single", 0, 1), ("gloo2", 0, 2)]  # no NCCL on CPU
+    for r in rows:
+        assert 0 < r["min_s"] <= r["median_s"]
+        assert math.isclose(r["examples_per_s"] * r["median_s"], r["processes"], rel_tol=1e-2)
+    tiny_params = sum(p.numel() for p in torch.nn.Module.parameters(_tiny_model(tiny_dir)))
+    assert report["volume"] == {"prm_parameters": tiny_params, "bytes_per_allreduce_bf16": 2 * tiny_params,
+                                "allreduces_per_iteration": 2}
+
+
+def _tiny_model(folder):
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(folder)
