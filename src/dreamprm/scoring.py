@@ -51,8 +51,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .distributed import World, gather_objects
 from .batching import ExampleBuilder, collate, load_rgb
+from .distributed import World, gather_objects
 from .prm import Prefix, ProcessRewardModel
 from .prompt import PromptError, candidate_conversation, encode_conversation
 from .records import resolve_image

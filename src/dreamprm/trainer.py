@@ -34,12 +34,12 @@ import torch
 from betty.configs import EngineConfig
 from tqdm.auto import tqdm
 
+from . import distributed
 from .batching import BatchStream, ConversationDataset, ExampleBuilder, drop_overlong
 from .checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, read_run_config,
                          read_trainer_state, rng_state, save_checkpoint, set_rng_state, verify_checkpoint)
-from . import distributed
 from .config import TrainConfig
-from .distributed import PEER_FAILED, World
+from .distributed import PEER_FAILED
 from .jsonio import atomic_write_text, write_json
 from .optim import make_optimizer, make_scheduler
 from .prm import ProcessRewardModel
