@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -86,14 +87,31 @@ def launch(args, argv: list[str]) -> int:
     procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv], start_new_session=True,
                               env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in range(len(devices))]
 
+    forwarded = []
+
     def forward(signum, frame):
+        forwarded.append(signum)
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
 
     saved = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        codes = [p.wait() for p in procs]
+        while any(p.poll() is None for p in procs):
+            # a process killed outright (the OOM killer, a crash) never reaches the merge the
+            # others wait in: stop them rather than wait for the process group's timeout
+            if any(p.returncode is not None and p.returncode < 0 for p in procs):
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                for p in procs:
+                    p.wait()
+                if not forwarded:
+                    print("error: a scoring process was killed; the others were stopped, nothing written",
+                          file=sys.stderr)
+                break
+            time.sleep(0.2)
+        codes = [p.returncode for p in procs]
     finally:
         for s, h in saved.items():
             signal.signal(s, h)
@@ -271,18 +289,17 @@ def _run(args) -> int:
         # every process loads before any scores: one that cannot stops them all
         failed = distributed.gather_objects(world, prepared if isinstance(prepared, int) else None)
     except BaseException:
-        distributed.leave_now()
+        distributed.leave(wait=False)
         raise
     if any(failed):
-        distributed.leave_now()
+        distributed.leave()
         if isinstance(prepared, int):
             return prepared
-        print(f"error: {distributed.PEER_FAILED}", file=sys.stderr)
+        print(f"error: {distributed.PEER_FAILED} to start (its error says why)", file=sys.stderr)
         return next(code for code in failed if code)
-    try:
-        return _score(args, world, *prepared)
-    finally:
-        distributed.leave_now()
+    code = _score(args, world, *prepared)
+    distributed.leave()  # every process gets here (an exception is a crash: no waiting)
+    return code
 
 
 def _prepare(args, world):

@@ -54,6 +54,7 @@ def _train(config: TrainConfig) -> int:
     from dreamprm.runfolder import RunFolderError
     from dreamprm.trainer import ResumeMismatch, SetupError, Trainer, TrainingDiverged, TrainingInterrupted
 
+    together = True
     try:
         trainer = Trainer(config)
         out = trainer.run()
@@ -63,19 +64,22 @@ def _train(config: TrainConfig) -> int:
     except TrainingInterrupted as exc:
         print(str(exc), file=sys.stderr)
         code = 128 + exc.signum
+        together = not exc.at_once
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 3
     else:
         code = 0
     if code != 0:
-        distributed.leave_now()  # a failed or stopped run: no waiting for the other ranks
+        # these errors stop every rank at the same point (the trainer has them agree), so all
+        # leave the group together; a second signal stops one process at once, without waiting
+        distributed.leave(wait=together)
         return code
     try:
         if trainer.world.is_main:
             _report(trainer, out)
     finally:
-        distributed.leave(trainer.world)  # the other ranks wait for rank 0's figures
+        distributed.leave()  # the other ranks wait for rank 0's figures
     return 0
 
 

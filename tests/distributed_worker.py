@@ -1,13 +1,14 @@
 """One rank of a data-parallel tiny-model run, for tests/test_distributed.py (run under torchrun).
 
     torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py STATE_DIR WEIGHTS_DIR \
-        [--stop RANK:ITERATION] [--nan RANK:ITERATION] -- <train.py flags>
+        [--stop RANK:ITERATION] [--nan RANK:ITERATION] [--fail_save] -- <train.py flags>
 
 Trains in-process (tests/runs.py's flags plus the ones after ``--``) and saves what the rank ended
 with to ``STATE_DIR/rank<R>.pt``: the PRM's and the weight model's parameters, the skipped-update
-counts, how the run ended, and which output-writing functions this rank called. ``--stop`` sends
-this run's SIGTERM handler a signal on one rank at one iteration; ``--nan`` makes that rank's
-lower loss NaN at one iteration.
+counts, how the run ended (``done``, ``interrupted`` or the exception's name, with its message),
+and which output-writing functions this rank called. ``--stop`` sends this run's SIGTERM handler
+a signal on one rank at one iteration; ``--nan`` makes that rank's lower loss NaN at one
+iteration; ``--fail_save`` makes writing a checkpoint fail (a full disk) wherever it is tried.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main() -> None:
     p.add_argument("weights")
     p.add_argument("--stop")
     p.add_argument("--nan")
+    p.add_argument("--fail_save", action="store_true")
     own, extra = p.parse_known_args()
     extra = [a for a in extra if a != "--"]
     rank = distributed.env_rank()
@@ -48,6 +50,8 @@ def main() -> None:
 
         def observed(*args, _real=real, _name=name, **kwargs):
             calls.append(_name)
+            if own.fail_save and _name == "save_checkpoint":
+                raise OSError(28, "No space left on device")
             return _real(*args, **kwargs)
 
         setattr(trainer_mod, name, observed)
@@ -79,6 +83,8 @@ def main() -> None:
         trainer.run()
     except trainer_mod.TrainingInterrupted:
         ended = "interrupted"
+    except Exception as exc:  # noqa: BLE001 - recorded for the test to check
+        ended = f"{type(exc).__name__}: {exc}"
     state = {
         "prm": {k: v.detach().clone() for k, v in trainer.prm.state_dict().items()},
         "weights": ({k: v.detach().clone() for k, v in trainer.weight_model.state_dict().items()}
@@ -89,10 +95,7 @@ def main() -> None:
         "world_size": trainer.world.size,
     }
     torch.save(state, Path(own.state_dir) / f"rank{rank}.pt")
-    if ended == "done":
-        distributed.leave(trainer.world)
-    else:
-        distributed.leave_now()
+    distributed.leave()
 
 
 if __name__ == "__main__":

@@ -224,6 +224,16 @@ def test_a_nonfinite_loss_on_one_rank_skips_the_update_on_every_rank(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_failed_save_on_rank_zero_stops_every_rank(tmp_path):
+    """Rank 0 alone writes; when that fails the others hear of it instead of waiting for it."""
+    r0, r1 = run_worker(tmp_path, "dp", 2, "--iteration_num", "2", worker_flags=("--fail_save",))
+    assert r0["ended"] == "OSError: [Errno 28] No space left on device"
+    assert r1["ended"] == ("PeerFailed: another process of this torchrun failed: rank 0 could not save a checkpoint "
+                           "(OSError: [Errno 28] No space left on device)")
+    assert r1["writes"] == []
+
+
+@pytest.mark.slow
 def test_train_py_under_torchrun_refuses_a_resume_with_another_process_count(tmp_path):
     weights = tmp_path / "w"
     argv = [*train_argv(weights), "--iteration_num", "2", "--strategy", "distributed"]

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-PEER_FAILED = "another process of this torchrun could not start (its error says why)"
+# How a process that stops because another one failed says so (its own output hides such lines).
+PEER_FAILED = "another process of this torchrun failed"
 
 
 class DistributedSetupError(RuntimeError):
@@ -121,17 +122,13 @@ def join(strategy: str, device: str, backend: str | None = None, timeout_s: floa
     return World(size=size, rank=rank, local_rank=local_rank, device=device, backend=backend)
 
 
-def leave(world: World) -> None:
-    """Wait for every rank, then close the process group (idempotent)."""
-    if world.distributed and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def leave_now() -> None:
-    """Close the process group, if any, without waiting for the other ranks (a rank that stops on
-    an error)."""
+def leave(wait: bool = True) -> None:
+    """Close the process group, if there is one (idempotent). ``wait``: first wait until every
+    rank gets here. Closing while another rank still exchanges with this one can abort the
+    process (gloo), so ranks that stop together wait; a rank that stops alone does not."""
     if dist.is_available() and dist.is_initialized():
+        if wait and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

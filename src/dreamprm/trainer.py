@@ -66,11 +66,13 @@ def quiet_libraries() -> None:
 
 
 class TrainingInterrupted(RuntimeError):
-    """SIGTERM/SIGINT (``signum``): a checkpoint was saved (or, on a second signal, the last one stands)."""
+    """SIGTERM/SIGINT (``signum``): a checkpoint was saved (or, on a second signal, ``at_once``, the
+    last one stands and this process stopped without the others)."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, at_once: bool = False):
         super().__init__(message)
         self.signum = signum
+        self.at_once = at_once
 
 
 class TrainingDiverged(RuntimeError):
@@ -86,7 +88,7 @@ class ResumeMismatch(Exception):
 
 
 class PeerFailed(SetupError):
-    """Data parallel: another rank could not set up (its own error says why); this rank stops too."""
+    """Data parallel: another rank failed (its own error says why); this rank stops with it."""
 
 
 def set_seed(seed: int) -> None:
@@ -161,11 +163,11 @@ class Trainer:
             self._close_folder()
             errors = distributed.gather_objects(self.world, str(exc))
             if self.world.rank > 0 and errors[0] == str(exc):  # rank 0 reports it
-                raise PeerFailed(PEER_FAILED) from None
+                raise PeerFailed(f"{PEER_FAILED} to start") from None
             raise
         if any(distributed.gather_objects(self.world, None)):
             self._close_folder()
-            raise PeerFailed(PEER_FAILED)
+            raise PeerFailed(f"{PEER_FAILED} to start (its error says why)")
         try:
             self.engine = self._build_engine()
         except BaseException:
@@ -524,12 +526,12 @@ class Trainer:
         if bad is not None:
             raise TrainingDiverged(f"stopped at iteration {iteration}: {bad} are not finite, so nothing was "
                                    f"written; {self.last_checkpoint_text()}")
-        path = None
-        if self.world.is_main:
+        def write():
             self.export()
-            path = save_checkpoint(self.out, iteration, self.prm, self.weight_model, self.trainer_state(),
+            return save_checkpoint(self.out, iteration, self.prm, self.weight_model, self.trainer_state(),
                                    self.run_config(), keep=self.config.keep_checkpoints)
-        return Path(distributed.gather_objects(self.world, str(path) if path else None)[0])
+
+        return self._on_main(write, "save a checkpoint")
 
     # -- evaluation during training ----------------------------------------------------------
     def evaluates_at(self, iteration: int) -> bool:
@@ -587,9 +589,9 @@ class Trainer:
         self.best_eval = {"iteration": iteration, "accuracy": row[BEST_METRIC],
                           "eval_json_file": str(Path(self.config.eval_json_file).resolve()),
                           "questions": row["eval_questions"]}
-        if not self.world.is_main:
-            distributed.barrier(self.world)
-            return final
+        return self._on_main(lambda: self._write_best(final, iteration, row), f"write {BEST_DIR}/")
+
+    def _write_best(self, final: Path, iteration: int, row: dict) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-best-", dir=self.out))
         old = None
         try:
@@ -615,8 +617,23 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
-        distributed.barrier(self.world)
         return final
+
+    def _on_main(self, write, what: str) -> Path:
+        """``write()`` on rank 0 (the one that writes files); every rank gets its path, or stops
+        with it when it fails, so no rank is left waiting for the others."""
+        path = failure = error = None
+        if self.world.is_main:
+            try:
+                path = write()
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the others know
+                error, failure = exc, f"{type(exc).__name__}: {exc}"
+        path, failure = distributed.gather_objects(self.world, (str(path) if path else None, failure))[0]
+        if error is not None:
+            raise error
+        if failure is not None:
+            raise PeerFailed(f"{PEER_FAILED}: rank 0 could not {what} ({failure})")
+        return Path(path)
 
     def _record(self, iteration: int, seconds: float, stats: dict) -> dict:
         """The metrics.jsonl row of an iteration, from the stats its problems returned."""
@@ -642,7 +659,7 @@ class Trainer:
         signum = distributed.max_int(self.world, self._signal or 0)
         if signum and self._signal is None:
             self._signal = signum
-        diverged = self._divergence(it)  # the same on every rank: the parameters and skips are
+        diverged = self._divergence(it)  # the same on every rank, as are the parameters and the skips
         new_best = False
         if diverged is None and self.evaluates_at(it):
             row.update(self.evaluate())
@@ -701,7 +718,7 @@ class Trainer:
             self._signal = signum
             raise TrainingInterrupted(f"{signal.Signals(signum).name} received again: stopped at once; "
                                       f"{self.last_checkpoint_text()}; resume with the same command plus --resume",
-                                      signum)
+                                      signum, at_once=True)
         self._signal = signum
         print(f"\n{signal.Signals(signum).name}: finishing this iteration, then saving a checkpoint ...", flush=True)
 
