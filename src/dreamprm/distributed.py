@@ -10,7 +10,10 @@ the ranks in the backward pass. What this module adds:
   CPU, NCCL on CUDA unless ``--backend gloo``). A run without torchrun is a world of one.
 - small agreements every rank must reach together: whether a step is skipped, whether a
   signal arrived, whether setup failed somewhere (``any_true``, ``max_int``);
-- ``gather_objects``: per-rank Python values (statistics, scored questions) on every rank.
+- ``gather_objects``: per-rank Python values (statistics, scored questions) on every rank;
+  ``average_``: tensors averaged over the ranks (the meta gradient before darts); ``barrier``;
+- ``leave``: closing the group, together or alone; ``quiet_unless_main``: the output of the
+  ranks other than 0 kept to their own errors.
 
 Every function is a no-op, or the identity, in a world of one, so a single-process run never
 touches ``torch.distributed``.
