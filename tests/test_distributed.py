@@ -265,3 +265,27 @@ def test_best_of_n_on_several_processes_writes_the_single_process_bytes(tmp_path
             assert (tmp_path / name / rel).read_bytes() == (tmp_path / "one" / rel).read_bytes(), (name, rel)
     # one table on the console, from rank 0
     assert launched.stdout.count("PRM mean") == 1 and "on 2 devices (cpu, ...)" in launched.stdout
+
+
+@pytest.mark.slow
+def test_evaluation_during_training_is_split_across_ranks_and_merges_to_test_py_numbers(tmp_path):
+    """--eval_json_file under two ranks: each scores half the questions; the rows hold the numbers
+    test.py gives for the checkpoint of that iteration, and rank 0 keeps best/."""
+    test = str(DATA / "test.json")
+    run_worker(tmp_path, "dp", 2, "--iteration_num", "4", "--save_every_iterations", "2", "--keep_checkpoints", "5",
+               "--eval_json_file", test, "--eval_every", "2", "--save_best")
+    rows = read_metrics(tmp_path / "dp")
+    assert [r["iteration"] for r in rows if "eval_questions" in r] == [2, 4]
+    for it in (2, 4):
+        out = tmp_path / f"it{it}.json"
+        done = subprocess.run([sys.executable, "test.py", "--reward_model",
+                               str(tmp_path / "dp" / "checkpoints" / f"iter-{it:08d}" / "prm"), "--test_json_file",
+                               test, "--device", "cpu", "--precision", "fp32", "--output_file", str(out)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(out.read_text())["summary"]
+        row = rows[it - 1]
+        assert {a: row[f"eval_accuracy_{a}"] for a in summary["accuracy"]} == summary["accuracy"]
+        assert row["eval_oracle"] == summary["oracle"] and row["eval_questions"] == summary["n_questions"] == 8
+    best = json.loads((tmp_path / "dp" / "best" / "best.json").read_text())
+    assert best["iteration"] in (2, 4) and best["questions"] == 8
