@@ -107,7 +107,8 @@ def main() -> int:
             done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
             code, err = done.returncode, done.stderr
         except subprocess.TimeoutExpired as exc:
-            code, err = "timeout", (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+            stderr = exc.stderr or ""
+            code, err = "timeout", stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
         row = {"run": run, "exit": code, "processes": 1 if run in ("single", "torchrun1") else 2}
         metrics = weights / "metrics.jsonl"
         if metrics.exists():
