@@ -43,16 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     except FlagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    torchrun = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    if args.devices is not None and not torchrun:
-        return launch(args, sys.argv[1:] if argv is None else list(argv))
     try:
         _import_library()
     except KeyboardInterrupt:
         print("interrupted (SIGINT) before any question was scored; nothing written", file=sys.stderr)
         return 128 + signal.SIGINT
-    if not torchrun:
-        return run(args)
+    if not distributed.launched_by_torchrun():
+        return run(args) if args.devices is None else launch(args, sys.argv[1:] if argv is None else list(argv))
     return distributed.quiet_unless_main(distributed.env_rank(), lambda: run(args),
                                          echo=lambda line: distributed.PEER_FAILED not in line)
 
@@ -62,8 +59,6 @@ def device_list(spec: str) -> list[str]:
     """``--devices``: ``all`` (every visible GPU) or a comma-separated list."""
     if spec != "all":
         return [d.strip() for d in spec.split(",")]
-    import torch
-
     return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 
@@ -82,7 +77,7 @@ def launch(args, argv: list[str]) -> int:
         print("error: --devices all: no CUDA device is visible (use --device cpu)", file=sys.stderr)
         return EXIT_BAD_INPUT
     env = dict(os.environ, WORLD_SIZE=str(len(devices)), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-               LOCAL_WORLD_SIZE=str(len(devices)), DREAMPRM_DEVICES=",".join(devices))
+               LOCAL_WORLD_SIZE=str(len(devices)))
     # in sessions of their own: a Ctrl-C reaches them once, forwarded from here
     procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv], start_new_session=True,
                               env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in range(len(devices))]
@@ -260,24 +255,20 @@ def run(args) -> int:
 
 
 def _process_device(args) -> str:
-    """This process's device: ``--device`` (default cuda if available), or under torchrun its own
-    entry of ``--devices``, or its own GPU (``distributed.device_for``)."""
-    device = args.device or scoring.default_device()
-    if "RANK" not in os.environ:
-        return device
-    local_rank = int(os.environ["LOCAL_RANK"])
-    listed = os.environ.get("DREAMPRM_DEVICES") or (args.devices and ",".join(device_list(args.devices)))
-    if listed:
-        devices = listed.split(",")
-        if len(devices) != int(os.environ["WORLD_SIZE"]):
-            raise ValueError(f"--devices names {len(devices)} devices for {os.environ['WORLD_SIZE']} processes")
+    """Under torchrun, this process's device: its own entry of ``--devices`` (which ``launch``
+    passes on), or its own GPU for ``--device cuda`` (``distributed.device_for``)."""
+    local_rank, size = int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    if args.devices:
+        devices = device_list(args.devices)
+        if len(devices) != size:
+            raise ValueError(f"--devices names {len(devices)} devices for {size} processes")
         return devices[local_rank]
-    return distributed.device_for(device, local_rank)
+    return distributed.device_for(args.device or scoring.default_device(), local_rank)
 
 
 def _run(args) -> int:
     world = distributed.World()
-    if "RANK" in os.environ:
+    if distributed.launched_by_torchrun():
         try:
             device = _process_device(args)
             world = distributed.join("distributed", device, "gloo")  # gloo: only Python objects travel

@@ -142,11 +142,7 @@ def _flag_device(world: World) -> torch.device:
 
 def any_true(world: World, flag: bool) -> bool:
     """True on every rank when ``flag`` is true on any of them."""
-    if world.size == 1 or not world.distributed:
-        return bool(flag)
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_flag_device(world))
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return max_int(world, 1 if flag else 0) > 0
 
 
 def max_int(world: World, value: int) -> int:

@@ -413,8 +413,6 @@ def evaluate_in_memory(
         scorer = Scorer(prm, max_patch_num=max_patch_num, batch_size=batch_size, **scorer_options)
         questions, candidates = evaluate(scorer, [records[i] for i in positions], json_path, progress=False,
                                          prefetch=prefetch, allow_nonfinite=allow_nonfinite, positions=positions)
-    if world.size == 1:
-        return questions, candidates
     return merge_shards(gather_objects(world, (positions, questions, candidates)))
 
 

@@ -232,11 +232,11 @@ class Trainer:
     # -- construction --------------------------------------------------------------------
     def _stream(self, dataset, path, flag: str, batch_size: int, seed: int, pad_id, workers, pin) -> BatchStream:
         """A stream over ``dataset``; data parallel, this rank's share of every global batch."""
-        w = self.world
-        if w.size > 1 and len(dataset) < w.size * batch_size:
-            raise DataError(f"{path}: {plural(len(dataset), 'record')} cannot give each of {w.size} processes "
-                            f"a batch of {batch_size} ({flag}); use fewer processes or more records")
-        return BatchStream(dataset, batch_size, seed, pad_id, workers, pin, world_size=w.size, rank=w.rank)
+        try:
+            return BatchStream(dataset, batch_size, seed, pad_id, workers, pin, world_size=self.world.size,
+                               rank=self.world.rank)
+        except ValueError as exc:  # too few records for every process to get a full batch
+            raise DataError(f"{path}: {exc} ({flag}); use fewer processes or more records") from None
 
     def _replaces_previous_run(self) -> bool:
         """Whether this run replaces another run's files (--overwrite); without --resume or
