@@ -11,7 +11,7 @@ moves by ~R / sqrt(938e6) ≈ 3e-7 on average, far below the bf16 spacing of a t
    bf16 weights against the same computation with fp32 weights (cosine, centred cosine = the
    per-instance differences, and norm ratio).
 
-    python bench/darts_precision.py
+    python bench/darts_precision.py [--darts fused|betty]
     python bench/darts_precision.py --full_size [--work DIR]   # GPU: random-init InternVL3-1B
 
 ``--full_size`` repeats 2. on the GPU with bench.py's random-init full-size model and data (built
@@ -43,10 +43,11 @@ def moved_share(R: float, n: int = 4_000_000) -> float:
 
 
 def table_hypergradient(prm0, train_set, meta_set, dtype, alpha: float, batch: int = 8,
-                        device: str = "cpu") -> torch.Tensor:
+                        device: str = "cpu", darts: str = "fused") -> torch.Tensor:
     from betty.configs import Config, EngineConfig
 
     from dreamprm.batching import BatchStream
+    from dreamprm.hypergradient import DARTS_TYPES
     from dreamprm.problems import IterationEngine, LowerProblem, UpperProblem
     from dreamprm.weighting import WeightTable
 
@@ -56,9 +57,9 @@ def table_hypergradient(prm0, train_set, meta_set, dtype, alpha: float, batch: i
 
     prm = copy.deepcopy(prm0).to(device=device, dtype=dtype)
     table = WeightTable(train_set.ids, 1.0, "No").to(device)
-    lower = LowerProblem("lower", Config(type="darts", precision="fp32", darts_alpha=alpha), prm,
+    lower = LowerProblem("lower", Config(type=DARTS_TYPES[darts], precision="fp32", darts_alpha=alpha), prm,
                          torch.optim.SGD(prm.parameters(), lr=1e-3), None, BatchStream(train_set, batch, 3, 0))
-    upper = Capturing("upper", Config(type="darts", retain_graph=True, precision="fp32"), table,
+    upper = Capturing("upper", Config(type=DARTS_TYPES[darts], retain_graph=True, precision="fp32"), table,
                       torch.optim.SGD(table.parameters(), lr=0.0), None, BatchStream(meta_set, max(batch // 2, 1), 4, 0))
     strategy = "cpu" if device == "cpu" else "default"
     IterationEngine([upper, lower], EngineConfig(train_iters=1, valid_step=1, strategy=strategy, logger_type="none"),
@@ -90,11 +91,12 @@ def datasets(prm0, folder: Path, max_patch_num: int, n_train: int, n_meta: int):
             ConversationDataset(meta[:n_meta], folder / "meta.json", builder))
 
 
-def sweep(prm0, train_set, meta_set, scale: float = 1.0, batch: int = 8, device: str = "cpu") -> None:
+def sweep(prm0, train_set, meta_set, scale: float = 1.0, batch: int = 8, device: str = "cpu",
+          darts: str = "fused") -> None:
     """Print bf16 against fp32 at darts' R = 0.01, 0.1, 1 (each × ``scale``), and fp32 against
     fp32 at R = 0.01."""
     def hypergradient(dtype, R):
-        return table_hypergradient(prm0, train_set, meta_set, dtype, R * scale, batch, device)
+        return table_hypergradient(prm0, train_set, meta_set, dtype, R * scale, batch, device, darts)
 
     small = hypergradient(torch.float32, 0.01)
     for R in (0.01, 0.1, 1.0):
@@ -104,7 +106,7 @@ def sweep(prm0, train_set, meta_set, scale: float = 1.0, batch: int = 8, device:
               flush=True)
 
 
-def full_size(work: Path) -> None:
+def full_size(work: Path, darts: str = "fused") -> None:
     """2. at full size on the GPU, with bench.py's model and data (built in ``work`` if missing)."""
     from bench import bench_inputs
     from dreamprm.prm import ProcessRewardModel
@@ -120,7 +122,7 @@ def full_size(work: Path) -> None:
         prm0.model.lm_head.weight[[plus, minus]] *= 3 / 40
     train_set, meta_set = datasets(prm0, work / "data", 6, 2, 1)
     print("2. full-size random-init InternVL3-1B, Instance Table darts hypergradient, bf16 vs fp32 weights")
-    sweep(prm0, train_set, meta_set, batch=2, device="cuda")
+    sweep(prm0, train_set, meta_set, batch=2, device="cuda", darts=darts)
 
 
 def main() -> int:
@@ -129,6 +131,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full_size", action="store_true", help="part 2 at full size, on the GPU")
     ap.add_argument("--work", default=None, help="bench.py's scratch folder (model, data; default: bench.py's)")
+    ap.add_argument("--darts", default="fused", choices=("fused", "betty"),
+                    help="the hypergradient's implementation, as train.py's --darts (default: %(default)s)")
     a = ap.parse_args()
 
     from dreamprm.prm import ProcessRewardModel
@@ -142,7 +146,7 @@ def main() -> int:
     if a.full_size:
         from bench import WORK
 
-        full_size(Path(a.work) if a.work else WORK)
+        full_size(Path(a.work) if a.work else WORK, a.darts)
         return 0
 
     torch.manual_seed(0)
@@ -153,7 +157,7 @@ def main() -> int:
     train_set, meta_set = datasets(prm0, ROOT / "data", 2, 8, 4)
     print(f"2. tiny model ({n} weights), Instance Table darts hypergradient, bf16 vs fp32 weights,")
     print("   R scaled to the full-size model's per-weight perturbation")
-    sweep(prm0, train_set, meta_set, scale=(n / FULL_SIZE) ** 0.5)
+    sweep(prm0, train_set, meta_set, scale=(n / FULL_SIZE) ** 0.5, darts=a.darts)
     return 0
 
 

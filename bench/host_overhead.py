@@ -118,7 +118,8 @@ def main() -> int:
     from bench import build_data
 
     torch.set_num_threads(1)
-    variants = [("reference (full-vocab head, darts graphs)", True, []), ("ours (default)", False, [])]
+    variants = [("reference (full-vocab head, darts graphs)", True, []), ("ours (default)", False, []),
+                ("ours, --darts betty", False, ["--darts", "betty"])]
     if a.compile:
         variants.append(("ours + --compile", False, ["--compile"]))
     with tempfile.TemporaryDirectory() as tmp:

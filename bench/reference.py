@@ -17,7 +17,8 @@ module computes the same quantities the way the public code does, for ``bench.py
 ``make_reference(obj)``
     Switches an existing ``ProcessRewardModel``, ``LowerProblem`` or ``Trainer`` (both of its
     parts) to the reference classes above, in place, and returns it: the objects Betty's engine
-    already holds keep their identity, weights and optimizer state.
+    already holds keep their identity, weights and optimizer state. A lower problem also
+    switches to Betty's own darts (``--darts betty``: a Python loop per PRM tensor).
 
 Tests import it as ``bench.reference`` (pytest puts the repository root on ``sys.path``); the
 scripts in this folder import it as ``reference``.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from dreamprm.hypergradient import DARTS_TYPES
 from dreamprm.prm import ProcessRewardModel, StepOutputs
 from dreamprm.problems import LowerProblem
 
@@ -79,12 +81,14 @@ class GraphRecordingLowerProblem(LowerProblem):
 
 def make_reference(obj):
     """Switch ``obj`` to the reference computation in place and return it: a ``ProcessRewardModel``
-    becomes a ``ReferenceProcessRewardModel``, a ``LowerProblem`` a ``GraphRecordingLowerProblem``,
-    and anything with ``prm`` and ``lower`` attributes (a ``Trainer``) gets both."""
+    becomes a ``ReferenceProcessRewardModel``, a ``LowerProblem`` a ``GraphRecordingLowerProblem``
+    computing Betty's own darts, and anything with ``prm`` and ``lower`` attributes (a
+    ``Trainer``) gets both."""
     if isinstance(obj, ProcessRewardModel):
         obj.__class__ = ReferenceProcessRewardModel
     elif isinstance(obj, LowerProblem):
         obj.__class__ = GraphRecordingLowerProblem
+        obj.config.type = DARTS_TYPES["betty"]
     elif hasattr(obj, "prm") and hasattr(obj, "lower"):
         make_reference(obj.prm)
         make_reference(obj.lower)

@@ -167,9 +167,9 @@ def test_engine_hypergradient_matches_the_exact_unrolled_one(tiny_dir):
     exact = torch.autograd.grad(meta_loss(meta_steps, meta.true_false), alpha)[0]
 
     # engine: one iteration of the real problems on the same batches
-    low = LowerProblem("lower", Config(type="darts", precision="fp32"), prm,
+    low = LowerProblem("lower", Config(type="finite_darts", precision="fp32"), prm,
                        torch.optim.SGD(prm.parameters(), lr=lr), None, BatchStream(train_set, 4, 3, 0))
-    up = _CapturingUpper("upper", Config(type="darts", retain_graph=True, precision="fp32"), table,
+    up = _CapturingUpper("upper", Config(type="finite_darts", retain_graph=True, precision="fp32"), table,
                          torch.optim.SGD(table.parameters(), lr=0.0), None, BatchStream(meta_set, 2, 4, 0))
     returned = []
     engine = IterationEngine([up, low], EngineConfig(train_iters=1, strategy="cpu"),
@@ -223,9 +223,9 @@ def _two_iterations(setup, graph_free=True, compile_layers=False):
     if compile_layers:
         prm.compile_layers()
     lower_class = LowerProblem if graph_free else GraphRecordingLowerProblem
-    low = lower_class("lower", Config(type="darts", precision="fp32"), prm,
+    low = lower_class("lower", Config(type="finite_darts", precision="fp32"), prm,
                       torch.optim.SGD(prm.parameters(), lr=1e-3), None, BatchStream(train_set, 4, 3, 0))
-    up = _CapturingUpper("upper", Config(type="darts", retain_graph=True, precision="fp32"), weights,
+    up = _CapturingUpper("upper", Config(type="finite_darts", retain_graph=True, precision="fp32"), weights,
                          torch.optim.SGD(weights.parameters(), lr=0.1), None, BatchStream(meta_set, 2, 4, 0))
     engine = IterationEngine([up, low], EngineConfig(train_iters=2, valid_step=1, strategy="cpu"),
                              {"l2u": {low: [up]}, "u2l": {up: [low]}}, on_iteration=lambda *_: True)
@@ -355,7 +355,7 @@ def test_a_non_finite_meta_gradient_never_reaches_the_prm(tmp_path, tiny_dir):
     """Betty's darts moves the PRM by R·v/|v| and back; with a NaN v that leaves NaN in the PRM.
     finite_darts (the hypergradient the problems use) skips the step: the PRM is untouched and
     the upper problem gets a NaN gradient, which its guard counts as a skipped update."""
-    from dreamprm.problems import finite_darts
+    from dreamprm.hypergradient import finite_darts
 
     trainer = Trainer(_args(tmp_path, "--iteration_num", "1", "--save_every_iterations", "1"))
     trainer.run()  # one real iteration: the problems hold a current batch

@@ -118,6 +118,12 @@ class TrainConfig:
         0.01, "Betty's darts finite-difference size R: the PRM is perturbed by R·v/|v| (Betty's and "
               "the public code's value; with bf16 weights most of that perturbation is below bf16 "
               "resolution, see README 'Method, as implemented') (default: %(default)s)")
+    darts: str = _bilevel(
+        "fused", "how the darts hypergradient is computed. fused: Betty's finite difference with torch._foreach_* "
+                 "operations (a few kernel launches instead of one per PRM tensor, and no copy of v to take its "
+                 "norm); the same elementwise arithmetic, the norm |v| summed per tensor, so eps can differ from "
+                 "Betty's in its last bits. betty: Betty 0.2.1's own darts (default: %(default)s)",
+        choices=("fused", "betty"))
     device: str = _bilevel("cuda", "cuda or cpu (default: %(default)s)")
     precision: str = _bilevel("bf16", "model weights dtype and autocast (default: %(default)s)",
                               choices=("fp32", "bf16"))

@@ -13,10 +13,10 @@ set of activations.
 
 Every update of either level is guarded: a step whose loss or gradient is not finite is
 skipped and counted, and the parameters are checked after each step (``params_finite``).
-The hypergradient is guarded too (``finite_darts``): Betty's darts moves the PRM's weights in
-place by ``R·v/|v|`` and back, so a non-finite meta gradient ``v`` would leave NaN in the PRM;
-``finite_darts`` skips such an upper step (its gradient becomes NaN, which the upper guard
-counts) without touching the PRM.
+The hypergradient is guarded too (``hypergradient.finite_darts``, which also fuses Betty's
+darts): darts moves the PRM's weights in place by ``R·v/|v|`` and back, so a non-finite meta
+gradient ``v`` would leave NaN in the PRM; ``finite_darts`` skips such an upper step (its
+gradient becomes NaN, which the upper guard counts) without touching the PRM.
 
 Everything a problem needs is passed when it is built; problems see each other only through
 the attributes Betty sets (``self.upper`` on the lower problem, ``self.lower`` on the upper).
@@ -35,48 +35,12 @@ import math
 import torch
 from betty.configs import Config, EngineConfig
 from betty.engine import Engine
-from betty.hypergradient import jvp_fn_mapping
-from betty.hypergradient.darts import darts
 from betty.problems import ImplicitProblem
 
 from . import distributed
 from .distributed import World
+from .hypergradient import DARTS_TYPES, all_finite
 from .losses import instance_losses, meta_loss
-
-
-def all_finite(tensors) -> bool:
-    """True when no tensor holds a NaN or an infinity (one fused max-abs pass, one host sync)."""
-    tensors = [t.detach() for t in tensors]
-    if not tensors:
-        return True
-    return bool(torch.stack([n.float() for n in torch._foreach_norm(tensors, float("inf"))]).isfinite().all())
-
-
-def finite_darts(vector, curr, prev, sync):
-    """Betty's darts hypergradient, skipped when the meta gradient ``vector`` is not finite.
-
-    Skipping leaves the lower problem's weights untouched and gives the upper problem a NaN
-    gradient, so its guard skips (and counts) the update.
-
-    Data-parallel (``curr.world`` of several ranks): ``vector`` is first averaged over the ranks,
-    so every rank perturbs the PRM by the same global meta gradient (the PRM stays identical on
-    every rank, and a non-finite gradient anywhere is skipped everywhere). Each rank's finite
-    difference then uses its own training batch, and the weight model's DDP averages the results:
-    the hypergradient of the ranks' batches taken together, as one process with the whole batch
-    would compute it. Betty's darts averages nothing (each rank would use its own meta gradient)."""
-    distributed.average_(curr.world, list(vector))
-    if all_finite(vector):
-        return darts(vector, curr, prev, sync)
-    params = list(prev.trainable_parameters())
-    nan = [torch.full_like(p, float("nan")) for p in params]
-    if sync:
-        prev.set_grads(params, nan)
-        return None
-    return nan
-
-
-# Betty picks the hypergradient by the lower problem's ``config.type`` from this table.
-jvp_fn_mapping.setdefault("finite_darts", finite_darts)
 
 
 def step_autocast(enabled: bool, precision: str, dtype, device):
@@ -232,10 +196,12 @@ class UpperProblem(_GuardedProblem):
 
 
 def problem_config(*, upper: bool, unroll_steps: int = 1, gradient_accumulation: int = 1,
-                   gradient_clipping: float = 0.0, precision: str = "fp32", darts_alpha: float = 0.01) -> Config:
-    """Betty's per-problem config; the upper problem keeps its meta-loss graph for the hypergradient."""
+                   gradient_clipping: float = 0.0, precision: str = "fp32", darts_alpha: float = 0.01,
+                   darts: str = "fused") -> Config:
+    """Betty's per-problem config; the upper problem keeps its meta-loss graph for the hypergradient.
+    ``darts``: the lower problem's hypergradient, ``fused`` or ``betty`` (``hypergradient.DARTS_TYPES``)."""
     return Config(
-        type="finite_darts",
+        type=DARTS_TYPES[darts],
         unroll_steps=unroll_steps,
         gradient_accumulation=gradient_accumulation,
         gradient_clipping=gradient_clipping,
@@ -259,7 +225,8 @@ def problem_config(*, upper: bool, unroll_steps: int = 1, gradient_accumulation:
 #      _count += 1; get_batch (meta stream) -> get_loss -> training_step: PRM forward on the meta
 #      CoTs (self.lower(...)), meta loss; backward: the direct gradient (None: the meta loss does
 #      not see the weight model), then get_grads along the path upper -> lower -> upper:
-#      v = d meta loss / d PRM, and finite_darts(v, lower, upper) (darts unless v is not finite):
+#      v = d meta loss / d PRM, and finite_darts(v, lower, upper) (darts unless v is not finite;
+#      hypergradient.fused_darts does what Betty's darts does, below, with torch._foreach_* ops):
 #        PRM += eps·v (eps = darts_alpha / |v|); lower.training_step_exec(cur_batch), the first
 #        perturbation pass, its gradient w.r.t. the weight model set as -g+ / 2eps;
 #        PRM -= 2eps·v; lower.training_step_exec(cur_batch), the second pass, + g- / 2eps added;

@@ -40,10 +40,11 @@ from .checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, l
                          read_trainer_state, rng_state, save_checkpoint, set_rng_state, verify_checkpoint)
 from .config import TrainConfig
 from .distributed import PEER_FAILED
+from .hypergradient import all_finite
 from .jsonio import atomic_write_text, write_json
 from .optim import make_optimizer, make_scheduler
 from .prm import ProcessRewardModel
-from .problems import IterationEngine, LowerProblem, UpperProblem, all_finite, problem_config
+from .problems import IterationEngine, LowerProblem, UpperProblem, problem_config
 from .records import DataError, load_records, plural
 from .results import BASELINE_NAMES, summarise
 from .runfolder import BEST_DIR, BEST_INFO, EXPORT_MANIFEST, RunFolder, RunFolderError, open_append
@@ -271,7 +272,7 @@ class Trainer:
         c = self.config
         return problem_config(upper=upper, unroll_steps=c.unroll_steps, gradient_accumulation=c.gradiant_accumulation,
                               gradient_clipping=c.gradiant_clipping, precision=c.precision,
-                              darts_alpha=c.darts_alpha)
+                              darts_alpha=c.darts_alpha, darts=c.darts)
 
     def _lower_problem(self) -> LowerProblem:
         c = self.config
