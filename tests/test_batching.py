@@ -35,6 +35,34 @@ def test_workers_yield_the_same_batches_across_an_epoch_boundary_and_a_resume(ti
     assert serial.state_dict() == parallel.state_dict() == {"epoch": 1, "taken": 2, "seed": 5, "batch_size": 3}
 
 
+def test_length_buckets_pad_to_a_multiple_and_leave_the_step_outputs_alone(tiny_prm):
+    """--length_bucket: every batch's length is a multiple of the bucket, padded on the right and
+    masked; the step probabilities and the PRM's gradients are those of the unpadded batch."""
+    records, _ = load_records(DATA / "train.json", "train")
+    dataset = ConversationDataset(records[:5], DATA / "train.json", ExampleBuilder(tiny_prm.processor, 2))
+    plain, bucketed = BatchStream(dataset, 2, 5, 0), BatchStream(dataset, 2, 5, 0, pad_to_multiple_of=96)
+    for _ in range(3):  # the last batch of the epoch holds one record
+        a, b = plain.next(), bucketed.next()
+        n = a.input_ids.shape[1]
+        assert b.input_ids.shape[1] % 96 == 0 and n <= b.input_ids.shape[1] < n + 96
+        assert torch.equal(b.input_ids[:, :n], a.input_ids) and torch.equal(b.attention_mask[:, :n], a.attention_mask)
+        assert not b.attention_mask[:, n:].any() and (b.input_ids[:, n:] == 0).all()
+        for field in ("label_batch", "label_pos", "labels", "index", "pixel_values"):
+            assert torch.equal(getattr(a, field), getattr(b, field)), field
+        outs = []
+        for batch in (a, b):
+            tiny_prm.zero_grad()
+            out = tiny_prm(**batch.model_inputs())
+            out.log_p_plus.sum().backward()
+            outs.append((out.log_p_plus.detach(), [p.grad.clone() for p in tiny_prm.parameters() if p.grad is not None]))
+        tiny_prm.zero_grad()  # the model is shared by the session's tests
+        (ref, ref_grads), (got, got_grads) = outs
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+        assert len(got_grads) == len(ref_grads) > 10
+        for g, r in zip(got_grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------
 # Sequence lengths before the model loads, and --max_length
 # ----------------------------------------------------------------------------------------------

@@ -193,13 +193,13 @@ def test_engine_hypergradient_matches_the_exact_unrolled_one(tiny_dir):
     assert centred > 0.95, (darts, exact)
 
 
-def _small_bilevel_setup(tiny_dir, kind):
+def _small_bilevel_setup(tiny_dir, kind, max_patch_num=2):
     """A tiny PRM (sharpened head), four training and two meta records, and a weight model."""
     torch.manual_seed(0)
     prm = ProcessRewardModel.from_pretrained(tiny_dir, precision="fp32")
     with torch.no_grad():
         prm.model.lm_head.weight.mul_(3)
-    builder = ExampleBuilder(prm.processor, 2)
+    builder = ExampleBuilder(prm.processor, max_patch_num)
     train_records, _ = load_records(DATA / "train.json", "train")
     meta_records, _ = load_records(DATA / "meta.json", "meta")
     train_set = ConversationDataset(train_records[:4], DATA / "train.json", builder)
@@ -212,21 +212,27 @@ def _small_bilevel_setup(tiny_dir, kind):
     return prm, weights, train_set, meta_set
 
 
-def _two_iterations(setup, graph_free=True, compile_layers=False):
+def _two_iterations(setup, graph_free=True, compile_layers=False, compile_towers=False, bucket=0,
+                    batch_sizes=(4, 2)):
     """Two engine iterations from copies of ``setup``: the upper gradients, the PRM and weight
     states afterwards, and per PRM forward whether an autograd graph was recorded.
-    ``graph_free=False`` runs bench/reference.py's lower problem, whose darts passes record one."""
+    ``graph_free=False`` runs bench/reference.py's lower problem, whose darts passes record one;
+    ``bucket``: the streams pad sequences to a multiple of it; ``batch_sizes``: training, meta."""
     from bench.reference import GraphRecordingLowerProblem
 
     prm0, weights0, train_set, meta_set = setup
     prm, weights = copy.deepcopy(prm0), copy.deepcopy(weights0)
     if compile_layers:
         prm.compile_layers()
+    if compile_towers:
+        prm.compile_towers()
     lower_class = LowerProblem if graph_free else GraphRecordingLowerProblem
     low = lower_class("lower", Config(type="finite_darts", precision="fp32"), prm,
-                      torch.optim.SGD(prm.parameters(), lr=1e-3), None, BatchStream(train_set, 4, 3, 0))
+                      torch.optim.SGD(prm.parameters(), lr=1e-3), None,
+                      BatchStream(train_set, batch_sizes[0], 3, 0, pad_to_multiple_of=bucket))
     up = _CapturingUpper("upper", Config(type="finite_darts", retain_graph=True, precision="fp32"), weights,
-                         torch.optim.SGD(weights.parameters(), lr=0.1), None, BatchStream(meta_set, 2, 4, 0))
+                         torch.optim.SGD(weights.parameters(), lr=0.1), None,
+                         BatchStream(meta_set, batch_sizes[1], 4, 0, pad_to_multiple_of=bucket))
     engine = IterationEngine([up, low], EngineConfig(train_iters=2, valid_step=1, strategy="cpu"),
                              {"l2u": {low: [up]}, "u2l": {up: [low]}}, on_iteration=lambda *_: True)
     recorded = []
@@ -268,6 +274,41 @@ def test_compiled_layers_see_the_darts_perturbations(tiny_dir):
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-3, atol=1e-6)
     for k in prm_eager:
         torch.testing.assert_close(prm_compiled[k], prm_eager[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="inductor needs a C compiler on CPU")
+def test_compiled_towers_on_length_buckets_give_the_eager_iterations(tiny_dir):
+    """--cuda_graphs' towers (torch.compile, reduce-overhead, static shapes; no graphs on the CPU)
+    on length-bucketed batches: two bi-level iterations give the eager run's upper gradients and
+    PRM, so the compiled passes see the optimizer's and darts' in-place weight updates. And the
+    buckets themselves change nothing beyond rounding."""
+    # one tile per image and batches of two at both levels: every pass has one shape, so the
+    # towers compile twice (with and without autograd), which keeps this test near a minute
+    setup = _small_bilevel_setup(tiny_dir, "table", max_patch_num=1)
+    shapes = dict(bucket=256, batch_sizes=(2, 2))
+    eager, prm_eager, _, _ = _two_iterations(setup, batch_sizes=(2, 2))
+    padded, prm_padded, _, _ = _two_iterations(setup, **shapes)
+    compiled, prm_compiled, _, recorded = _two_iterations(setup, compile_towers=True, **shapes)
+    assert recorded == [True, True, False, False] * 2  # still graph-free darts passes
+    assert eager[0].abs().max() > 0
+    for got, prm_got in ((padded, prm_padded), (compiled, prm_compiled)):
+        torch.testing.assert_close(got[0], eager[0], rtol=1e-3, atol=1e-6)
+        for k in prm_eager:
+            torch.testing.assert_close(prm_got[k], prm_eager[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_length_buckets_and_cuda_graphs_reach_the_streams_and_the_prm(tmp_path, tiny_dir):
+    plain = Trainer(_args(tmp_path / "a", "--iteration_num", "1"))
+    assert plain.train_stream.pad_to_multiple_of == plain.meta_stream.pad_to_multiple_of == 0
+    assert plain.prm._towers is None
+    bucketed = Trainer(_args(tmp_path / "b", "--iteration_num", "1", "--length_bucket", "64"))
+    assert bucketed.train_stream.pad_to_multiple_of == bucketed.meta_stream.pad_to_multiple_of == 64
+    assert bucketed.train_stream.next().input_ids.shape[1] % 64 == 0
+    graphs = Trainer(_args(tmp_path / "c", "--iteration_num", "1", "--cuda_graphs"))  # compiles on first use
+    assert graphs.train_stream.pad_to_multiple_of == graphs.meta_stream.pad_to_multiple_of == 256
+    assert graphs.prm._towers is not None
+    assert graphs.prm.state_dict().keys() == plain.prm.state_dict().keys()  # checkpoints keep their names
 
 
 def test_darts_alpha_reaches_bettys_finite_difference(tmp_path, tiny_dir):

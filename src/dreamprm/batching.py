@@ -265,9 +265,16 @@ class Batch:
         return Batch(**pinned)
 
 
-def collate(items: list[dict], pad_id: int = 0) -> Batch:
-    """Right-pad token ids; concatenate tiles; flatten label positions with their batch index."""
+def collate(items: list[dict], pad_id: int = 0, pad_to_multiple_of: int = 0) -> Batch:
+    """Right-pad token ids; concatenate tiles; flatten label positions with their batch index.
+
+    ``pad_to_multiple_of`` > 0 pads the sequence length up to a multiple of it (length buckets:
+    the shapes a CUDA graph is captured for repeat). Padding is on the right and masked, and the
+    language model is causal, so no real token sees a pad: the step outputs are those of the
+    unpadded batch, up to the rounding of kernels of another size."""
     length = max(len(it["input_ids"]) for it in items)
+    if pad_to_multiple_of > 0:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
     ids = torch.full((len(items), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(items), length), dtype=torch.long)
     label_batch, label_pos, labels = [], [], []
@@ -308,7 +315,8 @@ class BatchStream:
     """
 
     def __init__(self, dataset, batch_size: int, seed: int, pad_id: int, num_workers: int = 0,
-                 pin_memory: bool = False, shuffle: bool = True, world_size: int = 1, rank: int = 0):
+                 pin_memory: bool = False, shuffle: bool = True, world_size: int = 1, rank: int = 0,
+                 pad_to_multiple_of: int = 0):
         if world_size > 1 and len(dataset) < world_size * batch_size:
             raise ValueError(f"{len(dataset)} items cannot give each of {world_size} ranks a batch of {batch_size}")
         self.world_size = int(world_size)
@@ -317,6 +325,7 @@ class BatchStream:
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.pad_id = pad_id
+        self.pad_to_multiple_of = int(pad_to_multiple_of)  # collate's length buckets (0: none)
         self.num_workers = int(num_workers)
         self.pin_memory = pin_memory
         self.shuffle = shuffle
@@ -342,7 +351,7 @@ class BatchStream:
         loader = DataLoader(
             self.dataset,
             batch_sampler=batches,
-            collate_fn=partial(collate, pad_id=self.pad_id),
+            collate_fn=partial(collate, pad_id=self.pad_id, pad_to_multiple_of=self.pad_to_multiple_of),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
         )

@@ -213,6 +213,16 @@ class TrainConfig:
         False, "torch.compile every vision and language layer (regional; the first iterations pay the "
                "compile time; experimental: on an H100 in bf16 it was barely faster at the benchmark shape and "
                "moved step probabilities by up to 4e-2; see bench/RESULTS.md)", switch=True)
+    cuda_graphs: bool = _system(
+        False, "run the training passes' two towers (vision, language) through torch.compile(mode="
+               "'reduce-overhead'): one compile each, then on CUDA one captured CUDA graph per shape, replayed, "
+               "with sequences padded to --length_bucket so the shapes repeat; on the CPU the towers are "
+               "compiled without graphs. Experimental: not yet measured on a GPU (bench/RESULTS.md); "
+               "scoring stays eager", switch=True)
+    length_bucket: int | None = _system(
+        None, "pad training and meta sequences on the right to a multiple of this many tokens, so that batch "
+              "shapes repeat (masked: the step outputs do not change) (default: 256 with --cuda_graphs, else 0 = "
+              "no padding)")
     attn_implementation: str = _system("sdpa", "(default: %(default)s)",
                                        choices=("sdpa", "eager", "flash_attention_2"))
     resume: bool = _system(
@@ -268,6 +278,13 @@ class TrainConfig:
             return self
         return dataclasses.replace(self, weights_path=self.default_weights_path)
 
+    @property
+    def sequence_bucket(self) -> int:
+        """The padding multiple the batches use: --length_bucket, else 256 with --cuda_graphs, else 0."""
+        if self.length_bucket is not None:
+            return self.length_bucket
+        return 256 if self.cuda_graphs else 0
+
     def validate(self) -> None:
         """Raise ``FlagError`` for the first flag whose value is out of range."""
         _check_choices(self)
@@ -279,6 +296,14 @@ class TrainConfig:
             _require(self.max_length >= 1, f"--max_length must be at least 1 (got {self.max_length})")
         if self.num_workers is not None:
             _require(self.num_workers >= 0, f"--num_workers must be 0 or more (got {self.num_workers})")
+        if self.length_bucket is not None:
+            _require(self.length_bucket >= 0, f"--length_bucket must be 0 or more (got {self.length_bucket})")
+        _require(not (self.cuda_graphs and self.compile),
+                 "--cuda_graphs and --compile contradict each other: --cuda_graphs compiles whole towers, "
+                 "--compile single layers; pick one")
+        _require(not (self.cuda_graphs and self.gradient_checkpointing),
+                 "--cuda_graphs with --gradient_checkpointing is not supported yet (recomputation inside "
+                 "captured graphs is unvalidated); pick one")
         for name in ("lr", "meta_lr", "weight_decay", "meta_weight_decay", "adam_epsilon", "gradiant_clipping",
                      "darts_alpha", "initialization", "warmup_ratio", "momentum", "meta_momentum",
                      "scheduler_gamma", "meta_scheduler_gamma"):

@@ -214,6 +214,7 @@ class ProcessRewardModel(nn.Module):
         self.processor = processor
         self.plus_id, self.minus_id = label_token_ids(processor.tokenizer)
         self.image_token_id = model.config.image_token_id
+        self._towers = None  # (image features, language model) compiled by compile_towers(); not submodules
 
     @classmethod
     def from_pretrained(
@@ -289,15 +290,44 @@ class ProcessRewardModel(nn.Module):
         for layer in [*self.model.model.vision_tower.encoder.layer, *self.model.model.language_model.layers]:
             layer.compile(dynamic=True)
 
+    def compile_towers(self) -> None:
+        """Compile the training forward per tower for CUDA graphs: ``torch.compile(mode=
+        "reduce-overhead", dynamic=True)`` of the vision tower and of the language model, as two
+        separate callables.
+
+        Each tower compiles once, for symbolic sizes (tiles, sequence length; one tile is
+        specialised apart); on CUDA each distinct concrete shape is then captured once as a CUDA
+        graph and replayed after, so a pass launches a few graphs instead of thousands of kernels.
+        The shapes must repeat, hence the length buckets (``collate``'s ``pad_to_multiple_of``);
+        tile counts repeat by themselves. The pixel shuffle, the projector and the image-token
+        scatter run eagerly between the towers (the scatter checks the token count on the host,
+        and the pixel shuffle's square root of a symbolic size does not trace). The weights stay
+        graph inputs, read where they live, so the optimizer's and darts' in-place updates are
+        seen. Only :meth:`forward` (training and the meta pass) uses them; scoring
+        (:meth:`encode_prefix`, :meth:`step_probabilities`) stays eager. On the CPU the towers are
+        compiled without graphs."""
+        mm = self.model.model
+        compile_ = dict(mode="reduce-overhead", dynamic=True)
+        self._towers = (torch.compile(mm.vision_tower.forward, **compile_),
+                        torch.compile(mm.language_model, **compile_))
+
     # -- pieces -------------------------------------------------------------------------
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Vision tower + pixel shuffle + projector: (tiles × tokens_per_tile, hidden)."""
+    def image_features(self, pixel_values: torch.Tensor, compiled: bool = False) -> torch.Tensor:
+        """Vision tower + pixel shuffle + projector: (tiles × tokens_per_tile, hidden); ``compiled``:
+        the vision tower through :meth:`compile_towers`' callable, for this call only."""
         cfg = self.model.config
-        out = self.model.model.get_image_features(
-            pixel_values=pixel_values.to(self.model.dtype),
-            vision_feature_layer=cfg.vision_feature_layer,
-            vision_feature_select_strategy=cfg.vision_feature_select_strategy,
-        )
+        tower = self.model.model.vision_tower
+        if compiled:
+            tower.forward = self._towers[0]  # an instance attribute over the class's forward
+        try:
+            out = self.model.model.get_image_features(
+                pixel_values=pixel_values.to(self.model.dtype),
+                vision_feature_layer=cfg.vision_feature_layer,
+                vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+            )
+        finally:
+            if compiled:
+                del tower.forward
         feats = getattr(out, "pooler_output", out)
         return feats.reshape(-1, feats.shape[-1])
 
@@ -311,15 +341,19 @@ class ProcessRewardModel(nn.Module):
             embeds = embeds.masked_scatter(mask, image_features.to(embeds.dtype))
         return embeds
 
-    def hidden_states(self, input_ids, attention_mask=None, pixel_values=None, image_features=None, **lm_kwargs):
+    def hidden_states(self, input_ids, attention_mask=None, pixel_values=None, image_features=None,
+                      compiled: bool = False, **lm_kwargs):
+        """The language model's last hidden states; ``compiled``: both towers through
+        :meth:`compile_towers`' callables."""
         if image_features is None and pixel_values is not None:
-            image_features = self.image_features(pixel_values)
+            image_features = self.image_features(pixel_values, compiled)
         embeds = self.embed(input_ids, image_features)
         # The text config asks for a KV cache by default; scoring and training read every
         # position once, so building one only costs a concatenation per layer (and, under
         # --compile, a recompile). Callers that want it (the prefix cache) pass use_cache=True.
         lm_kwargs.setdefault("use_cache", False)
-        out = self.model.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask, **lm_kwargs)
+        language_model = self._towers[1] if compiled else self.model.model.language_model
+        out = language_model(inputs_embeds=embeds, attention_mask=attention_mask, **lm_kwargs)
         return out.last_hidden_state
 
     def label_outputs(self, hidden_at_labels: torch.Tensor, batch_index: torch.Tensor) -> StepOutputs:
@@ -400,5 +434,8 @@ class ProcessRewardModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         **_: object,
     ) -> StepOutputs:
-        hidden = self.hidden_states(input_ids, attention_mask, pixel_values)
+        compiled = self._towers is not None
+        if compiled:  # a new pass: the previous pass's graph outputs have been consumed
+            torch.compiler.cudagraph_mark_step_begin()
+        hidden = self.hidden_states(input_ids, attention_mask, pixel_values, compiled=compiled)
         return self.label_outputs(hidden[label_batch, label_pos], label_batch)

@@ -235,7 +235,7 @@ class Trainer:
         """A stream over ``dataset``; data parallel, this rank's share of every global batch."""
         try:
             return BatchStream(dataset, batch_size, seed, pad_id, workers, pin, world_size=self.world.size,
-                               rank=self.world.rank)
+                               rank=self.world.rank, pad_to_multiple_of=self.config.sequence_bucket)
         except ValueError as exc:  # too few records for every process to get a full batch
             raise DataError(f"{path}: {exc} ({flag}); use fewer processes or more records") from None
 
@@ -259,6 +259,8 @@ class Trainer:
         prm.model.config.use_cache = False
         if c.compile:
             prm.compile_layers()
+        if c.cuda_graphs:
+            prm.compile_towers()
         return prm
 
     def _build_weight_model(self) -> torch.nn.Module:
