@@ -116,21 +116,38 @@ def step_text(tok, i: int, target: int = 60) -> str:
     return " ".join(words)
 
 
-def build_data(folder: Path, tok) -> None:
+def image_size(crop_tiles: int, tile: int = 448) -> tuple[int, int]:
+    """(width, height) of an image that InternVL's tiling cuts into exactly ``crop_tiles`` tiles when
+    ``max_patch_num`` is ``crop_tiles``: the most nearly square landscape grid of that many tiles
+    (1 -> 448 x 448, 3 -> 1344 x 448, 6 -> 1344 x 896, 12 -> 1792 x 1344); a thumbnail tile is
+    added when there is more than one."""
+    if crop_tiles < 1:
+        raise ValueError(f"crop_tiles must be at least 1, got {crop_tiles}")
+    rows = max(r for r in range(1, crop_tiles + 1) if crop_tiles % r == 0 and r * r <= crop_tiles)
+    return crop_tiles // rows * tile, rows * tile
+
+
+def build_data(folder: Path, tok, crop_tiles: int = 6, steps: int = 8, write_images: bool = True) -> None:
+    """The synthetic data: training and meta records of one image each (``crop_tiles`` tiles, see
+    ``image_size``) and ``steps`` steps of ~60 tokens; best-of-8 questions at 13 tiles.
+    ``write_images=False`` writes only the JSON files, for a folder that already holds the images
+    of the same ``crop_tiles`` (they do not depend on ``steps``)."""
     folder.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
-    steps = [step_text(tok, i + 1) for i in range(8)]
+    record_size = image_size(crop_tiles)
+    step_texts = [step_text(tok, i + 1) for i in range(steps)]
 
     def image(name, size):
         arr = (torch.rand(size[1] // 8, size[0] // 8, 3, generator=g) * 255).to(torch.uint8).numpy()
-        Image.fromarray(arr).resize(size).save(folder / name)
+        if write_images:
+            Image.fromarray(arr).resize(size).save(folder / name)
         return name
 
     def record(i, prefix, extra):
         conv = [{"from": "human", "value": "### Question:\nWhat is x in the figure?"}]
-        for s in steps:
+        for s in step_texts:
             conv += [{"from": "human", "value": s}, {"from": "gpt", "value": "+" if (i + len(conv)) % 3 else "-"}]
-        return {"id": f"{prefix}{i}", "image": image(f"{prefix}{i}.png", (1344, 896)), "conversations": conv,
+        return {"id": f"{prefix}{i}", "image": image(f"{prefix}{i}.png", record_size), "conversations": conv,
                 "dataset": f"d{i % 3}", **extra}
 
     (folder / "train.json").write_text(json.dumps([record(i, "t", {}) for i in range(24)]))
@@ -142,7 +159,7 @@ def build_data(folder: Path, tok) -> None:
     (folder / "meta.json").write_text(json.dumps(meta))
     tests = []
     for q in range(4):
-        cands = ["[Reasoning]\n" + "\n".join(steps[: 7]) + f"\nAnswer: {c}" for c in "ABCDEFGH"]
+        cands = ["[Reasoning]\n" + "\n".join(step_texts[: 7]) + f"\nAnswer: {c}" for c in "ABCDEFGH"]
         tests.append({"id": q, "question": "What is x in the figure?", "image_path": image(f"q{q}.png", (1792, 1344)),
                       "candidates": cands, "true_false": [c == "C" for c in "ABCDEFGH"]})
     (folder / "test.json").write_text(json.dumps(tests))
@@ -228,10 +245,11 @@ def reference_probe(model_dir: Path, data: Path, device: str) -> torch.Tensor:
 
 
 def benchmark_trainer(device: str, model_dir, data: Path, out: Path, mode: str, iterations: int,
-                      flags: list[str] = (), reference: bool = False):
+                      flags: list[str] = (), reference: bool = False, max_patch_num: int = 6):
     """The project's Trainer in ``mode`` (sft/table/net) on the benchmark data, never saving a
     checkpoint mid-run; ``reference`` switches on the reference-equivalent computation
-    (full-vocabulary logits everywhere, darts passes that record an autograd graph)."""
+    (full-vocabulary logits everywhere, darts passes that record an autograd graph);
+    ``max_patch_num``: the most crop tiles an image is cut into (the trainer's default is 6)."""
     from arguments import parse_train_args
     from dreamprm.trainer import Trainer
 
@@ -239,7 +257,7 @@ def benchmark_trainer(device: str, model_dir, data: Path, out: Path, mode: str, 
             "--train_json_file", str(data / "train.json"), "--meta_json_file", str(data / "meta.json"),
             "--weights_path", str(out), "--iteration_num", str(iterations),
             "--save_every_iterations", str(10**9), "--keep_checkpoints", "1",
-            "--num_workers", "4" if device == "cuda" else "0",
+            "--num_workers", "4" if device == "cuda" else "0", "--max_patch_num", str(max_patch_num),
             "--figs_dir", str(out / "figs")]
     argv += {"sft": ["--retrain", "1"], "table": ["--reweighting", "table", "--meta_lr", "5e-3"],
              "net": ["--reweighting", "net", "--meta_lr", "5e-4"]}[mode]
@@ -248,9 +266,16 @@ def benchmark_trainer(device: str, model_dir, data: Path, out: Path, mode: str, 
 
 
 def measure_training(device: str, model_dir: Path, data: Path, out: Path, mode: str, reference: bool, options: set,
-                     iters: int, warmup: int, reference_probs: torch.Tensor | None = None) -> dict:
+                     iters: int, warmup: int, reference_probs: torch.Tensor | None = None, max_patch_num: int = 6,
+                     final_checkpoint: bool = True) -> dict:
+    """Seconds per iteration (the trainer's own, after ``warmup``), peak memory, and the first
+    training instance's shape: tokens, tiles and steps as the processor and the prompt built them.
+    ``final_checkpoint=False`` skips the export and checkpoint the trainer writes after its last
+    iteration (several GB at full size; the timed iterations are the same), for sweeps of many runs."""
     trainer = benchmark_trainer(device, model_dir, data, out, mode, warmup + iters,
-                                [OPTION_FLAGS[o] for o in sorted(options)], reference)
+                                [OPTION_FLAGS[o] for o in sorted(options)], reference, max_patch_num)
+    if not final_checkpoint:
+        trainer.save = lambda iteration: None  # _on_iteration's only writer; nothing reads its path here
     item = trainer.train_set[0]
     seq_len = len(item["input_ids"])
     diff = None
@@ -264,7 +289,8 @@ def measure_training(device: str, model_dir: Path, data: Path, out: Path, mode: 
     peak = peak_gib(device)
     del trainer
     shutil.rmtree(out, ignore_errors=True)  # each run writes ~3 GB of checkpoint; the disk is finite
-    return {"secs": secs, "peak_gib": peak, "seq_len": seq_len, "max_prob_diff_vs_reference": diff}
+    return {"secs": secs, "peak_gib": peak, "seq_len": seq_len, "tiles": int(item["pixel_values"].shape[0]),
+            "steps": len(item["labels"]), "max_prob_diff_vs_reference": diff}
 
 
 def measure_bon8(device: str, model_dir: Path, data: Path, reference: bool, iters: int, warmup: int,
@@ -414,7 +440,7 @@ def run_modes(a, specs: dict, out: Path, work: Path) -> int:
             else:
                 m = measure_training(a.device, model_dir, data, work / f"run_{spec}", base, reference, options,
                                      a.iters, a.warmup, ref_probs)
-                tiles, steps, tokens = 7, 8, m["seq_len"]
+                tiles, steps, tokens = m["tiles"], m["steps"], m["seq_len"]
         except Exception as exc:  # record the failure (e.g. out of memory) and go on
             traceback.print_exc()
             row = {"date": dt.date.today().isoformat(), "device": device_name, "mode": mode,

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One device call of the GPU measurement (bench/RESULTS.md, "Next GPU session"), by phase:
-#   bash bench/gpu_session.sh A|B|C|D|E   (D: the compiled iteration's profile; E: data parallel,
-#   bench/distributed.py: one process, a one-process torchrun, two ranks on the one GPU)
+#   bash bench/gpu_session.sh A|B|C|D|E|F   (D: the compiled iteration's profile; E: data parallel,
+#   bench/distributed.py: one process, a one-process torchrun, two ranks on the one GPU; F: the
+#   tiles x steps sweep, bench/scaling.py: table, sft and their references at 1/4/7/13 tiles and
+#   4/8/16 steps -> scaling.json, scaling.png, scaling.txt)
 # Run from the repository root on the GPU machine; when betty is not installed there, put its
 # wheel in .whl/ (the device tool carries it). Everything a phase produces lands in one run folder:
 #   $RUN if set; else $OUT/<date>-<gpu> when $OUT is set (the device tool's folder that comes
@@ -14,8 +16,8 @@
 # RUN_NAME (optional) is stored as every row's "run" (one machine, one process order).
 # Each phase stays inside the device's 10-minute limit; rows measured before a kill are kept.
 set -u
-phase=${1:?phase A, B, C, D or E}
-case $phase in A|B|C|D|E) ;; *) echo "unknown phase $phase" >&2; exit 2 ;; esac
+phase=${1:?phase A, B, C, D, E or F}
+case $phase in A|B|C|D|E|F) ;; *) echo "unknown phase $phase" >&2; exit 2 ;; esac
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --ignore-requires-python --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD/src:$PWD
@@ -39,6 +41,7 @@ case $phase in
      timeout 150 python3 bench/profile_iteration.py --mode bon8 >"$RUN/profile_bon8.txt" 2>&1 ;;
   D) timeout 200 python3 bench/profile_iteration.py --mode table --options noac,compile >"$RUN/profile_table_noac_compile.txt" 2>&1 ;;
   E) timeout 560 python3 bench/distributed.py --out "$RUN" --timeout 130 2>&1 | tee "$RUN/distributed.txt" ;;
+  F) timeout -k 5 560 python3 bench/scaling.py --out "$RUN" --time_limit 480 ${RUN_NAME:+--run "$RUN_NAME"} 2>&1 | tee "$RUN/scaling.txt" ;;
 esac
 echo "phase $phase: $RUN"
 exit 0

@@ -247,3 +247,82 @@ def _tiny_model(folder):
     from transformers import AutoModelForImageTextToText
 
     return AutoModelForImageTextToText.from_pretrained(folder)
+
+
+@pytest.mark.slow
+def test_scaling_cpu_smoke_run_sweeps_tiles_and_steps(tmp_path, tiny_dir):
+    runs = ROOT / "bench" / "runs" / "cpu-scaling-test"
+    done = _script("scaling.py", "--device", "cpu", "--out", str(runs), "--work", str(tmp_path / "w"))
+    assert done.returncode != 0 and "not results" in done.stderr and str(runs) in done.stderr
+    assert not runs.exists() and not (tmp_path / "w").exists()
+    run = tmp_path / "run"
+    done = _script("scaling.py", "--device", "cpu", "--out", str(run), "--work", str(tmp_path / "work"),
+                   "--tiles", "1,3", "--steps", "4,8", "--modes", "table,reference_sft", "--iters", "1", "--warmup", "1",
+                   "--run", "smoke")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((run / "scaling.json").read_text())
+    # one row per point and mode, in sweep order; 3 crop tiles + InternVL's thumbnail = 4 tiles
+    assert [(r["mode"], r["crop_tiles"], r["tiles"], r["steps"]) for r in rows] == [
+        (mode, crop, tiles, steps) for crop, tiles in ((1, 1), (3, 4)) for steps in (4, 8)
+        for mode in ("table", "reference_sft")]
+    for r in rows:
+        assert {"date", "device", "torch", "mode", "options", "tiles", "steps", "seq_len", "median_s", "min_s",
+                "timed_iters", "peak_gib", "tokens_per_s", "run"} <= r.keys() and "error" not in r
+        assert (r["device"], r["options"], r["peak_gib"], r["timed_iters"], r["run"]) == (CPU_DEVICE, [], 0.0, 1, "smoke")
+        assert 0 < r["min_s"] <= r["median_s"]
+        assert math.isclose(r["tokens_per_s"] * r["median_s"], r["seq_len"], rel_tol=5e-3)
+    tokens = {(r["mode"], r["tiles"], r["steps"]): r["seq_len"] for r in rows}
+    for mode in ("table", "reference_sft"):
+        for steps in (4, 8):
+            assert tokens[(mode, 1, steps)] < tokens[(mode, 4, steps)]
+        for tiles in (1, 4):
+            assert tokens[(mode, tiles, 4)] < tokens[(mode, tiles, 8)]
+            assert tokens[(mode, tiles, 4)] == tokens[("table", tiles, 4)]  # same data for every mode
+    assert not list((tmp_path / "work").glob("scaling_*"))  # every trainer's output folder removed
+    with Image.open(run / "scaling.png") as png:  # 13 x 5.4 in at 110 dpi
+        assert png.format == "PNG" and png.size == (1430, 594)
+    printed = done.stdout.splitlines()
+    table_at = printed.index("| tiles | steps | tokens | table | reference_sft |")
+    assert printed[table_at - 1] == str(run / "scaling.png") and len(printed) == table_at + 2 + 4 + 2
+    assert [line.split(":")[0] for line in printed[-2:]] == ["slope table", "slope reference_sft"]
+    # --plot redraws the figure, the table and the slopes from scaling.json alone
+    (run / "scaling.png").unlink()
+    again = _script("scaling.py", "--plot", str(run))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.splitlines() == printed[table_at - 1:]
+    with Image.open(run / "scaling.png") as png:
+        assert png.format == "PNG"
+
+
+def test_scaling_slopes_and_table_from_fixture_rows():
+    from bench.scaling import fit_line, newest_rows, slope_lines, summary_table
+
+    assert fit_line([1.0, 2.0, 3.0], [1.5, 2.5, 3.5]) == pytest.approx((1.0, 0.5))
+    assert fit_line([0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 1.0, 3.0]) == pytest.approx((0.9, -0.1))
+    assert fit_line([2.0], [1.0]) is None and fit_line([2.0, 2.0], [1.0, 3.0]) is None
+
+    def row(mode, crop, steps, seq_len, median_s, **extra):
+        tiles = crop + (crop > 1)
+        return {"date": "2026-01-02", "device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "mode": mode, "options": [],
+                "crop_tiles": crop, "tiles": tiles, "steps": steps, "seq_len": seq_len, "median_s": median_s,
+                "min_s": median_s, "timed_iters": 6, "peak_gib": 9.0, **extra}
+
+    rows = [row("table", 1, 4, 1000, 0.9),  # replaced by the later row of the same point
+            row("table", 1, 4, 1000, 0.5), row("table", 6, 4, 3000, 0.7), row("reference_table", 1, 4, 1000, 0.6),
+            {"date": "2026-01-02", "device": "NVIDIA H100 80GB HBM3", "mode": "reference_table", "options": [],
+             "crop_tiles": 6, "steps": 4, "error": "OutOfMemoryError: ..."},
+            row("table", 1, 4, 1000, 0.4, options=["noac"])]
+    latest = newest_rows(rows)
+    assert [(r["mode"], r["options"], r.get("median_s")) for r in latest] == [
+        ("table", [], 0.5), ("table", [], 0.7), ("reference_table", [], 0.6), ("reference_table", [], None),
+        ("table", ["noac"], 0.4)]
+    assert slope_lines(latest) == [
+        "slope table: +0.1000 s per 1k tokens (intercept 0.400 s, 2 points); 1000 -> 3000 tokens (x3.00): "
+        "0.500 -> 0.700 s (x1.40)",
+        "slope reference_table: needs points at two token counts (1 measured)",
+        "slope table+noac: needs points at two token counts (1 measured)"]
+    assert summary_table(latest).splitlines() == [
+        "| tiles | steps | tokens | table | reference_table | table+noac |",
+        "|---|---|---|---|---|---|",
+        "| 1 | 4 | 1000 | 0.500 | 0.600 | 0.400 |",
+        "| 7 | 4 | 3000 | 0.700 | error | – |"]
