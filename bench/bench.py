@@ -18,7 +18,7 @@ folder ``--work``. ``python bench/plot_results.py <run folder>`` draws the run's
 
 A mode is ``<sft|table|net|bon8>`` or its ``reference_`` twin, plus options joined with ``+``:
 ``gc`` (``--gradient_checkpointing``), ``noac`` (``--no_autocast``), ``compile`` (``--compile``),
-e.g. ``table+noac+compile``. Every training mode also reports how far its step probabilities on
+``graphs`` (``--cuda_graphs``), ``bettydarts`` (``--darts betty``), e.g. ``table+noac+compile``. Every training mode also reports how far its step probabilities on
 one training instance are from the reference-equivalent path (``max_prob_diff_vs_reference``).
 """
 
@@ -165,7 +165,14 @@ def build_data(folder: Path, tok, crop_tiles: int = 6, steps: int = 8, write_ima
     (folder / "test.json").write_text(json.dumps(tests))
 
 
-OPTION_FLAGS = {"gc": "--gradient_checkpointing", "noac": "--no_autocast", "compile": "--compile"}
+# a mode's options (joined with +) and the train.py flags each one adds
+OPTION_FLAGS = {"gc": ["--gradient_checkpointing"], "noac": ["--no_autocast"], "compile": ["--compile"],
+                "graphs": ["--cuda_graphs"], "bettydarts": ["--darts", "betty"]}
+
+
+def option_flags(options) -> list[str]:
+    """The train.py flags of a set of mode options, in a fixed order."""
+    return [flag for option in sorted(options) for flag in OPTION_FLAGS[option]]
 
 
 def quiet_progress() -> None:
@@ -210,6 +217,10 @@ def peak_gib(device: str) -> float:
 
 
 def release(device: str) -> None:
+    """Free what the last mode left: its tensors, and torch.compile's caches (--compile, --cuda_graphs
+    compile afresh per mode instead of piling recompiles up to dynamo's limit, past which they
+    would silently run eager)."""
+    torch._dynamo.reset()
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -273,7 +284,7 @@ def measure_training(device: str, model_dir: Path, data: Path, out: Path, mode: 
     ``final_checkpoint=False`` skips the export and checkpoint the trainer writes after its last
     iteration (several GB at full size; the timed iterations are the same), for sweeps of many runs."""
     trainer = benchmark_trainer(device, model_dir, data, out, mode, warmup + iters,
-                                [OPTION_FLAGS[o] for o in sorted(options)], reference, max_patch_num)
+                                option_flags(options), reference, max_patch_num)
     if not final_checkpoint:
         trainer.save = lambda iteration: None  # _on_iteration's only writer; nothing reads its path here
     item = trainer.train_set[0]
@@ -369,8 +380,8 @@ def parse_mode(spec: str) -> tuple[str, str, bool, set]:
     mode, *opts = spec.split("+")
     base, options = mode.removeprefix("reference_"), set(opts)
     if base not in MODE_FLOPS or not options <= OPTION_FLAGS.keys() or (base == "bon8" and options):
-        raise SystemExit(f"unknown mode {spec!r}: sft/table/net[+gc][+noac][+compile], bon8, "
-                         "or any of them prefixed with reference_")
+        raise SystemExit(f"unknown mode {spec!r}: sft/table/net[+gc][+noac][+compile][+graphs][+bettydarts], "
+                         "bon8, or any of them prefixed with reference_")
     return mode, base, mode.startswith("reference_"), options
 
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One device call of the GPU measurement (bench/RESULTS.md, "Next GPU session"), by phase:
-#   bash bench/gpu_session.sh A|B|C|D|E|F   (D: the compiled iteration's profile; E: data parallel,
+#   bash bench/gpu_session.sh A|B|C|D|E|F|G|H|I   (D: the compiled iteration's profile; E: data parallel,
 #   bench/distributed.py: one process, a one-process torchrun, two ranks on the one GPU; F: the
 #   tiles x steps sweep, bench/scaling.py: table, sft and their references at 1/4/7/13 tiles and
-#   4/8/16 steps -> scaling.json, scaling.png, scaling.txt)
+#   4/8/16 steps -> scaling.json, scaling.png, scaling.txt; G, H, I: --cuda_graphs and the fused
+#   darts (issue #18): G the graph modes beside the references, H fused vs Betty's darts, the
+#   graph iteration's profile and the bf16 darts precision, I the sweep with --cuda_graphs)
 # Run from the repository root on the GPU machine; when betty is not installed there, put its
 # wheel in .whl/ (the device tool carries it). Everything a phase produces lands in one run folder:
 #   $RUN if set; else $OUT/<date>-<gpu> when $OUT is set (the device tool's folder that comes
@@ -16,8 +18,8 @@
 # RUN_NAME (optional) is stored as every row's "run" (one machine, one process order).
 # Each phase stays inside the device's 10-minute limit; rows measured before a kill are kept.
 set -u
-phase=${1:?phase A, B, C, D, E or F}
-case $phase in A|B|C|D|E|F) ;; *) echo "unknown phase $phase" >&2; exit 2 ;; esac
+phase=${1:?phase A, B, C, D, E, F, G, H or I}
+case $phase in A|B|C|D|E|F|G|H|I) ;; *) echo "unknown phase $phase" >&2; exit 2 ;; esac
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --ignore-requires-python --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD/src:$PWD
@@ -42,6 +44,12 @@ case $phase in
   D) timeout 200 python3 bench/profile_iteration.py --mode table --options noac,compile >"$RUN/profile_table_noac_compile.txt" 2>&1 ;;
   E) timeout 560 python3 bench/distributed.py --out "$RUN" --timeout 130 2>&1 | tee "$RUN/distributed.txt" ;;
   F) timeout -k 5 560 python3 bench/scaling.py --out "$RUN" --time_limit 480 ${RUN_NAME:+--run "$RUN_NAME"} 2>&1 | tee "$RUN/scaling.txt" ;;
+  G) bench 560 reference_table,table+graphs,net+graphs,sft+graphs,reference_sft,table+noac+graphs ;;
+  H) bench 220 table,table+bettydarts
+     timeout 150 python3 bench/profile_iteration.py --mode table --options graphs >"$RUN/profile_table_graphs.txt" 2>&1
+     timeout 180 python3 bench/darts_precision.py --full_size 2>&1 | tee "$RUN/darts_precision_fused.txt" ;;
+  I) timeout -k 5 560 python3 bench/scaling.py --out "$RUN" --time_limit 480 --modes table,sft --options graphs \
+       ${RUN_NAME:+--run "$RUN_NAME"} 2>&1 | tee "$RUN/scaling_graphs.txt" ;;
 esac
 echo "phase $phase: $RUN"
 exit 0

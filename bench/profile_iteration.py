@@ -25,17 +25,18 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default=None, help="bench.py's scratch folder (default: bench.py's)")
     ap.add_argument("--mode", default="table", choices=("sft", "table", "net", "bon8"))
-    ap.add_argument("--options", default="", help="comma-separated bench options: gc, noac, compile")
+    ap.add_argument("--options", default="", help="comma-separated bench options: gc, noac, compile, graphs, "
+                                                  "bettydarts")
     ap.add_argument("--rows", type=int, default=25)
     a = ap.parse_args()
-    from bench import OPTION_FLAGS, WORK, bench_inputs
+    from bench import WORK, bench_inputs, option_flags
 
     out = Path(a.work) if a.work else WORK
     bench_inputs(out, "cuda")
     if a.mode == "bon8":
         prof = profile_bon8(out)
     else:
-        prof = profile_training(out, a.mode, [OPTION_FLAGS[o] for o in a.options.split(",") if o])
+        prof = profile_training(out, a.mode, option_flags(o for o in a.options.split(",") if o))
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.rows, max_name_column_width=60))
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12, max_name_column_width=60))
     return 0

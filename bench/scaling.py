@@ -15,7 +15,7 @@ tokens per instance.
 ``--tiles`` counts crop tiles: InternVL adds a thumbnail when there is more than one, so 1, 3, 6, 12
 give 1, 4, 7, 13 tiles (``bench.image_size`` picks images that tile exactly so, and the trainer gets
 ``--max_patch_num`` equal to the crop tiles). Rows record the tiles and steps the processor and the
-prompt actually produced; (6, 8) is bench.py's shape. ``--options`` (``gc``, ``noac``, ``compile``,
+prompt actually produced; (6, 8) is bench.py's shape. ``--options`` (``gc``, ``noac``, ``compile``, ``graphs``,
 joined by ``,`` or ``+``) applies to every mode. The data of a point is written once under ``--work``
 (the images once per tile count) and every mode runs on it, one Trainer each, in this process.
 
@@ -338,7 +338,8 @@ def main() -> int:
     ap.add_argument("--modes", default=DEFAULT_MODES, help="training modes, comma-separated (default %(default)s)")
     ap.add_argument("--tiles", default="1,3,6,12", help="crop tiles per image (default %(default)s)")
     ap.add_argument("--steps", default="4,8,16", help="steps per record (default %(default)s)")
-    ap.add_argument("--options", default="", help="options for every mode: gc, noac, compile (e.g. noac,compile)")
+    ap.add_argument("--options", default="", help="options for every mode: gc, noac, compile, graphs, bettydarts "
+                                                  "(e.g. noac,compile)")
     ap.add_argument("--run", default=None, help="the rows' run name (one machine and process order)")
     ap.add_argument("--note", default=None, help="a note stored in every row")
     ap.add_argument("--time_limit", type=float, default=None, metavar="S",
