@@ -2,10 +2,12 @@
 
     python bench/merge_run.py SRC bench/runs/<date>-<gpu>
 
-``results.json`` rows of SRC are appended to DST's and ``bench_log.txt`` to DST's (what DST
-already holds is not repeated, so merging twice changes nothing); any other file is copied, and
-one that DST already holds with other contents is an error (nothing is merged then). Text files
-are stripped of progress bars on the way.
+The rows of SRC's ``results.json`` and ``scaling.json`` are appended to DST's, and
+``bench_log.txt`` to DST's (what DST already holds is not repeated, so merging twice changes
+nothing). A figure DST already holds in another version is kept, since it is drawn from the rows:
+redraw it after the merge (``plot_results.py DST``, ``scaling.py --plot DST``). Any other file is
+copied, and one that DST already holds with other contents is an error (nothing is merged then).
+Text files are stripped of progress bars on the way.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ try:  # as bench.merge_run (tests) or as a script, whose folder is on sys.path
 except ImportError:
     from runfiles import clean_log
 
-APPENDED = ("results.json", "bench_log.txt")
+ROWS = ("results.json", "scaling.json")  # lists of rows, appended
+APPENDED = (*ROWS, "bench_log.txt")
+FIGURES = {"results.png": "python bench/plot_results.py", "scaling.png": "python bench/scaling.py --plot"}
 
 
 def _read(path: Path) -> str:
@@ -36,7 +40,7 @@ def _clean(path: Path) -> str:
 def merge(src: Path, dst: Path) -> list[str]:
     """Merge ``src`` into ``dst``; returns one line per file, saying what was done."""
     files = sorted(p for p in src.iterdir() if p.is_file())
-    clashes = [p.name for p in files if p.name not in APPENDED and (dst / p.name).exists()
+    clashes = [p.name for p in files if p.name not in APPENDED and p.name not in FIGURES and (dst / p.name).exists()
                and (dst / p.name).read_bytes() != p.read_bytes()
                and not (p.suffix == ".txt" and _clean(p) == _read(dst / p.name))]
     if clashes:
@@ -45,7 +49,9 @@ def merge(src: Path, dst: Path) -> list[str]:
     done = []
     for p in files:
         target = dst / p.name
-        if p.name == "results.json":
+        if p.name in FIGURES and target.exists() and target.read_bytes() != p.read_bytes():
+            done.append(f"{target}: kept (redraw it from the merged rows: {FIGURES[p.name]} {dst})")
+        elif p.name in ROWS:
             old = json.loads(target.read_text()) if target.exists() else []
             new = [row for row in json.loads(p.read_text()) if row not in old]
             target.write_text(json.dumps(old + new, indent=1) + "\n")

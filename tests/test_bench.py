@@ -199,21 +199,28 @@ def test_merge_run_appends_rows_and_logs_once_and_refuses_other_versions(tmp_pat
     (src / "results.json").write_text(json.dumps(rows))
     (src / "bench_log.txt").write_text("# second\n\rsaving:  50%|#    | 1/2 [00:01<00:01]\n== table\n")
     (src / "profile_table.txt").write_text("kernels\n")
+    (dst / "scaling.json").write_text(json.dumps(rows[1:]))  # a sweep merged before, and its figure
+    (dst / "scaling.png").write_bytes(b"first figure")
+    (src / "scaling.json").write_text(json.dumps(rows[:1]))
+    (src / "scaling.png").write_bytes(b"second figure")
     done = _script("merge_run.py", str(src), str(dst))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [f"{dst / 'bench_log.txt'}: appended", f"{dst / 'profile_table.txt'}: written",
-                                        f"{dst / 'results.json'}: 1 rows appended (2 in all)"]
-    state = {p.name: p.read_text() for p in dst.iterdir()}
-    assert json.loads(state["results.json"]) == rows
+    assert done.stdout.splitlines() == [
+        f"{dst / 'bench_log.txt'}: appended", f"{dst / 'profile_table.txt'}: written",
+        f"{dst / 'results.json'}: 1 rows appended (2 in all)", f"{dst / 'scaling.json'}: 1 rows appended (2 in all)",
+        f"{dst / 'scaling.png'}: kept (redraw it from the merged rows: python bench/scaling.py --plot {dst})"]
+    state = {p.name: p.read_bytes().decode() for p in dst.iterdir()}
+    assert json.loads(state["results.json"]) == rows and json.loads(state["scaling.json"]) == rows[::-1]
+    assert state["scaling.png"] == "first figure"
     assert state["bench_log.txt"] == "# first\n# second\n== table\n" and state["profile_table.txt"] == "kernels\n"
     done = _script("merge_run.py", str(src), str(dst))  # again: nothing changes
     assert done.returncode == 0, done.stderr
-    assert {p.name: p.read_text() for p in dst.iterdir()} == state
+    assert {p.name: p.read_bytes().decode() for p in dst.iterdir()} == state
     (src / "profile_table.txt").write_text("other kernels\n")
     (src / "profile_bon8.txt").write_text("bon8\n")
     done = _script("merge_run.py", str(src), str(dst))
     assert done.returncode != 0 and "other versions of: profile_table.txt (nothing merged)" in done.stderr
-    assert {p.name: p.read_text() for p in dst.iterdir()} == state
+    assert {p.name: p.read_bytes().decode() for p in dst.iterdir()} == state
 
 
 @pytest.mark.slow
