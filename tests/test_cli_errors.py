@@ -39,6 +39,7 @@ BAD_TRAIN_FLAGS = [
     (["--length_bucket", "-64"], "--length_bucket must be 0 or more (got -64)"),
     (["--cuda_graphs", "--compile"], "--cuda_graphs and --compile contradict each other"),
     (["--cuda_graphs", "--gradient_checkpointing"], "--cuda_graphs with --gradient_checkpointing is not supported"),
+    (["--cuda_graphs", "--strategy", "distributed"], "--cuda_graphs with --strategy distributed is not supported"),
     (["--gradiant_clipping", "inf"], "--gradiant_clipping must be a finite number"),
     (["--initialization", "inf"], "--initialization must be a finite number"),
     (["--initialization", "nan"], "--initialization must be a finite number"),

@@ -304,6 +304,9 @@ class TrainConfig:
         _require(not (self.cuda_graphs and self.gradient_checkpointing),
                  "--cuda_graphs with --gradient_checkpointing is not supported yet (recomputation inside "
                  "captured graphs is unvalidated); pick one")
+        _require(not (self.cuda_graphs and self.strategy == "distributed"),
+                 "--cuda_graphs with --strategy distributed is not supported yet (DDP's gradient hooks around "
+                 "captured backward graphs are unvalidated); pick one")
         for name in ("lr", "meta_lr", "weight_decay", "meta_weight_decay", "adam_epsilon", "gradiant_clipping",
                      "darts_alpha", "initialization", "warmup_ratio", "momentum", "meta_momentum",
                      "scheduler_gamma", "meta_scheduler_gamma"):
