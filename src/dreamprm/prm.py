@@ -214,7 +214,7 @@ class ProcessRewardModel(nn.Module):
         self.processor = processor
         self.plus_id, self.minus_id = label_token_ids(processor.tokenizer)
         self.image_token_id = model.config.image_token_id
-        self._towers = None  # (image features, language model) compiled by compile_towers(); not submodules
+        self._towers = None  # (vision tower forward, language model) compiled by compile_towers(); not submodules
 
     @classmethod
     def from_pretrained(

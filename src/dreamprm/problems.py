@@ -23,8 +23,9 @@ the attributes Betty sets (``self.upper`` on the lower problem, ``self.lower`` o
 
 The contract with the trainer: after every iteration ``IterationEngine`` hands each problem's
 ``take_stats()`` to ``on_iteration(it, stats)``; a problem's checkpointable state is its
-``state_dict()`` / ``load_state_dict()``. This module is the adapter to Betty: it is the only
-one that may touch Betty's internals (such as the private step counter ``_count``).
+``state_dict()`` / ``load_state_dict()``. This module and ``hypergradient`` (the darts it
+registers in Betty's table) are the adapter to Betty: the only ones that may touch Betty's
+internals (such as the private step counter ``_count``).
 """
 
 from __future__ import annotations
