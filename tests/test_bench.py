@@ -49,6 +49,7 @@ def test_cpu_smoke_run_measures_every_kind_of_mode(tmp_path, tiny_dir):
         assert (r["device"], r["peak_gib"], r["mfu"], r["timed_iters"]) == (CPU_DEVICE, 0.0, None, 2)
         assert (r["tiles"], r["steps"], r["seq_len"]) == ((13, 8, CANDIDATE_TOKENS) if bon8 else (7, 8, TRAIN_TOKENS))
         assert r["min_s"] <= r["median_s"]
+        assert bon8 or (len(r["warmup_s"]) == 1 and r["warmup_s"][0] > 0)  # training: the untimed iteration
         tokens = 8 * r["seq_len"] if bon8 else r["seq_len"]  # best-of-8: eight candidates per question
         assert math.isclose(r["tokens_per_s"] * r["median_s"], tokens, rel_tol=5e-3)
     # step probabilities against the reference path (fp32 on CPU): the reference mode computes
