@@ -5,7 +5,6 @@ and a norm taken per tensor. Given the same step size the results are bit-identi
 engine uses the fused one unless ``--darts betty``."""
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from betty.configs import Config, EngineConfig
 from betty.hypergradient import jvp_fn_mapping
 from betty.hypergradient.darts import darts as betty_darts
 from betty.utils import to_vec
+from runs import DATA, train_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dreamprm.batching import BatchStream, ConversationDataset, ExampleBuilder
@@ -22,18 +22,7 @@ from dreamprm.problems import IterationEngine, LowerProblem, UpperProblem, probl
 from dreamprm.records import load_records
 from dreamprm.weighting import InstanceNet, WeightTable
 
-DATA = Path(__file__).resolve().parents[1] / "data"
-
-
-def _args(tmp_path, *extra):
-    """A three-iteration Instance Table run on the sample data (tiny model, CPU, fp32)."""
-    from arguments import parse_train_args
-
-    return parse_train_args([
-        "--reward_model", "tiny", "--device", "cpu", "--precision", "fp32", "--no_progress",
-        "--train_json_file", str(DATA / "train.json"), "--meta_json_file", str(DATA / "meta.json"),
-        "--weights_path", str(tmp_path / "w"), "--iteration_num", "3", "--save_every_iterations", "3",
-        "--batch_size", "2", "--meta_batch_size", "2", *extra])
+ARGS = ("--iteration_num", "3", "--save_every_iterations", "3", "--batch_size", "2", "--meta_batch_size", "2")
 
 
 def _problems(tiny_dir, kind):
@@ -153,9 +142,9 @@ def test_the_engine_uses_the_fused_darts_unless_told_otherwise(tmp_path, tiny_di
 
     assert jvp_fn_mapping[DARTS_TYPES["fused"]] is finite_darts
     assert jvp_fn_mapping[DARTS_TYPES["betty"]].keywords == {"darts": betty_darts}
-    default = Trainer(_args(tmp_path / "a"))
+    default = Trainer(train_config(tmp_path / "a", *ARGS))
     assert default.lower.config.type == "finite_darts" and default.config.darts == "fused"
-    betty = Trainer(_args(tmp_path / "b", "--darts", "betty"))
+    betty = Trainer(train_config(tmp_path / "b", *ARGS, "--darts", "betty"))
     assert betty.lower.config.type == "finite_betty_darts"
     default.run()
     betty.run()
@@ -178,6 +167,6 @@ def test_the_reference_trainer_computes_bettys_own_darts(tmp_path, tiny_dir):
     from bench.reference import GraphRecordingLowerProblem, make_reference
     from dreamprm.trainer import Trainer
 
-    trainer = make_reference(Trainer(_args(tmp_path, "--iteration_num", "1")))
+    trainer = make_reference(Trainer(train_config(tmp_path / "w", *ARGS)))
     assert type(trainer.lower) is GraphRecordingLowerProblem
     assert jvp_fn_mapping[trainer.lower.config.type].keywords == {"darts": betty_darts}

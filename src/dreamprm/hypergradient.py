@@ -31,6 +31,7 @@ import functools
 import torch
 from betty.hypergradient import jvp_fn_mapping
 from betty.hypergradient.darts import darts as betty_darts
+from betty.utils import replace_none_with_zero
 
 from . import distributed
 
@@ -68,7 +69,7 @@ def fused_darts(vector, curr, prev, sync):
 
     torch._foreach_add_(params, v, alpha=eps)
     loss_p = curr.training_step_exec(curr.cur_batch)
-    grad_p = _grads_or_zeros(loss_p, upper_params)
+    grad_p = replace_none_with_zero(torch.autograd.grad(loss_p, upper_params, allow_unused=True), upper_params)
     if sync:
         torch._foreach_div_(grad_p, 2 * eps)
         torch._foreach_neg_(grad_p)
@@ -79,7 +80,7 @@ def fused_darts(vector, curr, prev, sync):
     if sync:
         torch.autograd.backward(loss_n / (2 * eps), inputs=upper_params)
     else:
-        grad_n = _grads_or_zeros(loss_n, upper_params)
+        grad_n = replace_none_with_zero(torch.autograd.grad(loss_n, upper_params, allow_unused=True), upper_params)
 
     if not curr.config.darts_multitask:
         torch._foreach_add_(params, v, alpha=eps)
@@ -89,12 +90,6 @@ def fused_darts(vector, curr, prev, sync):
     implicit = torch._foreach_sub(grad_n, grad_p)
     torch._foreach_div_(implicit, 2 * eps)
     return implicit
-
-
-def _grads_or_zeros(loss, params) -> list[torch.Tensor]:
-    """d loss / d params, zeros for a parameter the loss does not reach (as Betty's darts)."""
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
 
 
 def finite_darts(vector, curr, prev, sync, darts=fused_darts):
