@@ -354,7 +354,9 @@ def _score(args, world, out, figs, device, precision, records, report, scorer) -
     stop = None  # (exit code, stderr line, why) when scoring stops early
     scored = scoring.iter_evaluate(scorer, [records[i] for i in positions], args.test_json_file,
                                    progress=world.is_main, prefetch=args.prefetch,
-                                   allow_nonfinite=args.allow_nonfinite, positions=positions)
+                                   allow_nonfinite=args.allow_nonfinite, positions=positions,
+                                   workers=scoring.default_workers(device) if args.num_workers is None
+                                   else args.num_workers)
     try:
         with closing(scored):
             for q, cands in scored:

@@ -307,12 +307,14 @@ def measure_training(device: str, model_dir: Path, data: Path, out: Path, mode: 
 
 
 def measure_bon8(device: str, model_dir: Path, data: Path, reference: bool, iters: int, warmup: int,
-                 prefetch: int = 2) -> dict:
+                 prefetch: int = 2, workers: int | None = None) -> dict:
+    """``workers``: image-preparing processes, None = test.py's default on ``device``."""
     from dreamprm.batching import ExampleBuilder, collate, load_rgb
     from dreamprm.prompt import candidate_conversation
-    from dreamprm.scoring import evaluate, load_scorer
+    from dreamprm.scoring import default_workers, evaluate, load_scorer
     from dreamprm.steps import split_steps
 
+    workers = default_workers(device) if workers is None else workers
     tests = json.loads((data / "test.json").read_text())
     scorer = load_scorer(str(model_dir), device=device, precision=precision(device), max_patch_num=12, batch_size=8)
     prm = make_reference(scorer.prm) if reference else scorer.prm  # in reference mode only naive() runs it
@@ -327,7 +329,7 @@ def measure_bon8(device: str, model_dir: Path, data: Path, reference: bool, iter
             scores.append(prm(**batch.model_inputs()).p_plus.float().tolist())
         return scores
 
-    def streamed():  # ours: test.py's loop, images decoded and tiled in the background (prefetch)
+    def streamed():  # ours: test.py's loop, images decoded and tiled ahead (prefetch, workers)
         stream = [tests[i % len(tests)] for i in range(warmup + iters)]
         ends, score = [], scorer.score_candidates
 
@@ -339,7 +341,8 @@ def measure_bon8(device: str, model_dir: Path, data: Path, reference: bool, iter
 
         scorer.score_candidates = timed
         ticks = [time.perf_counter()]
-        questions, _ = evaluate(scorer, stream, data / "test.json", progress=False, prefetch=prefetch)
+        questions, _ = evaluate(scorer, stream, data / "test.json", progress=False, prefetch=prefetch,
+                                workers=workers)
         del scorer.score_candidates
         ticks += ends  # a question's time runs from the end of the previous one: the streamed cost
         secs = [b - a for a, b in zip(ticks[warmup:], ticks[warmup + 1 :])]

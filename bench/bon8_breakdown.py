@@ -1,16 +1,19 @@
 """Where a best-of-8 question's time goes (GPU): image preparation, prompt building, scoring.
 
-bench.py's ``bon8`` row times test.py's loop end to end, with images prepared in a background
-thread (``--prefetch 2``). This script splits that time, per question, at bench.py's shape
-(13 tiles, 8 candidates of 8 steps):
+bench.py's ``bon8`` row times test.py's loop end to end, with images prepared ahead as test.py
+does on that device (``--prefetch 2``; ``--num_workers`` 2 worker processes on cuda). This
+script splits that time, per question, at bench.py's shape (13 tiles, 8 candidates of 8 steps):
 
 * ``prepare_image``: decoding, tiling and normalising the image (CPU; ``Scorer.prepare_image``);
 * ``build_prompts``: splitting and tokenising the 8 candidates (CPU);
 * ``score_pretiled``: ``score_candidates`` given the prepared pixels (prompts + GPU work);
-* ``stream_prefetch0`` / ``stream_prefetch2``: test.py's loop, serial / with the thread.
+* ``stream_prefetch0``: test.py's loop, serial;
+* ``stream_prefetch2``: with one background thread preparing 2 questions ahead (``--num_workers 0``);
+* ``stream_workers2``: with 2 worker processes preparing them (``--num_workers 2``).
 
 If ``stream_prefetch2`` sits well above ``score_pretiled``, the overlap is imperfect (the
-preparing thread competes with the scoring thread for the interpreter lock).
+preparing thread competes with the scoring thread for the interpreter lock); the worker
+processes do not, so ``stream_workers2`` should come down to about ``score_pretiled``.
 
     python bench/bon8_breakdown.py [--out RUN] [--work DIR] [--iters 10] [--device cpu]
 
@@ -89,9 +92,10 @@ def main() -> int:
             stream, a.warmup, gpu_sync),
     }
     scorer = None  # free the model before measure_bon8 loads its own
-    for prefetch in (0, 2):
-        m = measure_bon8(a.device, model_dir, data, False, a.iters, a.warmup, prefetch=prefetch)
-        result[f"stream_prefetch{prefetch}"] = statistics.median(m["secs"])
+    for name, prefetch, workers in (("stream_prefetch0", 0, 0), ("stream_prefetch2", 2, 0),
+                                    ("stream_workers2", 2, 2)):
+        m = measure_bon8(a.device, model_dir, data, False, a.iters, a.warmup, prefetch=prefetch, workers=workers)
+        result[name] = statistics.median(m["secs"])
     result = {k: round(v, 4) for k, v in result.items()}
     result["device"] = torch.cuda.get_device_name() if a.device == "cuda" else "cpu (tiny model)"
     print(json.dumps(result), flush=True)

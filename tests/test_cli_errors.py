@@ -58,6 +58,8 @@ BAD_TEST_FLAGS = [
     (["--batch_size", "0"], "--batch_size must be at least 1"),
     (["--max_patch_num", "-2"], "--max_patch_num must be at least 1"),
     (["--prefetch", "-1"], "--prefetch must be 0 or more"),
+    (["--num_workers", "-1"], "--num_workers must be 0 or more"),
+    (["--prefetch", "0", "--num_workers", "2"], "--num_workers 2 prepares images ahead, which --prefetch 0 turns off"),
     (["--max_length", "0"], "--max_length must be at least 1"),
 ]
 

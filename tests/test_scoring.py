@@ -1,6 +1,7 @@
 """dreamprm.scoring: scores equal to the naive path, the image encoded once, prefetching, --max_length."""
 
 import math
+import multiprocessing
 import threading
 
 import pytest
@@ -12,7 +13,7 @@ from dreamprm.batching import ExampleBuilder, collate
 from dreamprm.prm import ProcessRewardModel
 from dreamprm.prompt import candidate_conversation, encode_conversation
 from dreamprm.results import question_result
-from dreamprm.scoring import Scorer, evaluate, load_scorer
+from dreamprm.scoring import Scorer, default_workers, evaluate, iter_evaluate, load_scorer
 from dreamprm.steps import split_steps
 
 
@@ -177,15 +178,44 @@ def test_evaluate_prefetch_bad_image_same_error(prm, tmp_path, monkeypatch, dama
     score = scorer.score_candidates
     monkeypatch.setattr(scorer, "score_candidates", lambda im, q, c: scored.append(q) or score(im, q, c))
     errors = {}
-    for prefetch in (0, 1, 2):
+    for prefetch, workers in ((0, 0), (1, 0), (2, 0), (1, 1), (2, 2)):
         scored.clear()
         with pytest.raises(Exception) as info:
-            evaluate(scorer, recs, tmp_path / "test.json", progress=False, prefetch=prefetch)
-        errors[prefetch] = (type(info.value), str(info.value))
+            evaluate(scorer, recs, tmp_path / "test.json", progress=False, prefetch=prefetch, workers=workers)
+        errors[prefetch, workers] = (type(info.value), str(info.value))
         assert scored == [r["question"] for r in recs[:2]]  # raised at question 2, as when serial
-    assert errors[1] == errors[2] == errors[0]
-    assert issubclass(errors[0][0], OSError) and str(tmp_path / "img" / recs[2]["image_path"][4:]) in errors[0][1]
+    assert len(set(errors.values())) == 1  # the same exception, thread, worker processes or serial
+    assert issubclass(errors[0, 0][0], OSError) and str(tmp_path / "img" / recs[2]["image_path"][4:]) in errors[0, 0][1]
     assert not [t for t in threading.enumerate() if t.name.startswith("bestofn-prefetch")]  # worker stopped
+    assert not multiprocessing.active_children()  # worker processes stopped
+
+
+def test_evaluate_in_worker_processes_equals_serial(prm, tmp_path, monkeypatch):
+    recs = _eval_records(tmp_path)
+    json_path = tmp_path / "test.json"
+    scorer = Scorer(prm, batch_size=2)
+    serial = evaluate(scorer, recs, json_path, progress=False, prefetch=0)
+    alive = []  # worker processes alive while each question is scored
+    score = scorer.score_candidates
+    monkeypatch.setattr(scorer, "score_candidates",
+                        lambda im, q, c: alive.append(len(multiprocessing.active_children())) or score(im, q, c))
+    for prefetch, workers in ((1, 1), (2, 2), (7, 2)):
+        alive.clear()
+        assert evaluate(scorer, recs, json_path, progress=False, prefetch=prefetch, workers=workers) == serial
+        assert alive[0] == workers  # the images come from the worker processes
+        assert not multiprocessing.active_children()  # and they are stopped at the end
+
+    # a caller that stops after the first question stops the workers at once
+    scored = iter_evaluate(scorer, recs, json_path, progress=False, prefetch=2, workers=2)
+    first, _ = next(scored)
+    assert first == serial[0][0] and len(multiprocessing.active_children()) == 2
+    scored.close()
+    assert not multiprocessing.active_children()
+
+
+def test_default_workers_are_processes_on_cuda_only():
+    assert default_workers("cpu") == 0
+    assert 0 <= default_workers("cuda:1") <= 2
 
 
 # -- --max_length: over-long candidates are truncated to the steps that fit -------------------

@@ -458,13 +458,19 @@ def _default_sigint():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupt_saves_partial_results(tmp_path, tiny_dir, sig, code):
+@pytest.mark.parametrize("sig, code, workers, group", [
+    (signal.SIGINT, 130, "0", False),
+    (signal.SIGTERM, 143, "0", False),
+    (signal.SIGTERM, 143, "2", False),  # worker processes prepare the images (the default on cuda)
+    (signal.SIGINT, 130, "2", True),  # Ctrl-C in a terminal: every process of the group gets it
+], ids=["SIGINT", "SIGTERM", "SIGTERM-workers", "SIGINT-group-workers"])
+def test_interrupt_saves_partial_results(tmp_path, tiny_dir, sig, code, workers, group):
     total = 600  # far more than gets scored before the signal lands
     path = _write(tmp_path, _records(tmp_path, total))
     out = tmp_path / "out.json"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "test.py"), *_base(path, out)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "test.py"), *_base(path, out, "--num_workers", workers)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_default_sigint, start_new_session=group)
     err, scored = [], threading.Event()
 
     def read():
@@ -477,11 +483,14 @@ def test_interrupt_saves_partial_results(tmp_path, tiny_dir, sig, code):
     reader.start()
     try:
         assert scored.wait(180), "".join(err)[-2000:]
-        proc.send_signal(sig)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         proc.wait(120)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL) if group else proc.kill()
     reader.join(10)
     stderr = "".join(err)
     assert proc.returncode == code, stderr[-2000:]
@@ -494,6 +503,16 @@ def test_interrupt_saves_partial_results(tmp_path, tiny_dir, sig, code):
     assert 1 <= done < total and report["questions_total"] == total
     assert len(report["questions"]) == report["summary"]["n_questions"] == done
     assert [q["id"] for q in report["questions"]] == [f"q{i}" for i in range(done)]
+    if group:  # no worker process outlives the run
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("processes of the run are still alive after it exited")
 
 
 # -- 7. model load errors ----------------------------------------------------------------

@@ -369,8 +369,12 @@ class TestConfig:
     precision: str | None = flag(None, "model weights dtype; default: bf16 on cuda, fp32 on cpu",
                                  choices=("fp32", "bf16", "fp16"))
     batch_size: int = flag(8, "candidates per language-model batch (default: %(default)s)")
-    prefetch: int = flag(2, "questions whose images are decoded and tiled in a background thread while the "
-                            "current one is scored; 0 = serial (default: %(default)s)")
+    prefetch: int = flag(2, "questions whose images are decoded and tiled ahead while the current one is "
+                            "scored; 0 = serial (default: %(default)s)")
+    num_workers: int | None = flag(
+        None, "worker processes that prepare those --prefetch images; 0 = one background thread of this process, "
+              "which competes with scoring for Python's interpreter lock; results are the same either way "
+              "(default: 2 on cuda, 0 on cpu)")
     step_splitter: str = flag(
         "upstream", "how a candidate becomes steps: upstream = the public code's splitter, quirks included "
                     "(released checkpoints and upstream's meta file use it); clean = a stricter splitter that "
@@ -395,6 +399,11 @@ class TestConfig:
         _check_choices(self)
         _check_positive_ints(self, ("batch_size", "max_patch_num"))
         _require(self.prefetch >= 0, f"--prefetch must be 0 or more (got {self.prefetch})")
+        if self.num_workers is not None:
+            _require(self.num_workers >= 0, f"--num_workers must be 0 or more (got {self.num_workers})")
+            _require(self.prefetch > 0 or self.num_workers == 0,
+                     f"--num_workers {self.num_workers} prepares images ahead, which --prefetch 0 turns off: "
+                     "pass --prefetch 1 or more, or drop --num_workers")
         if self.devices is not None:
             _require(self.device is None, "--device and --devices contradict each other: pick one")
             names = self.devices.split(",")

@@ -33,14 +33,18 @@ its first step fits it is *unscorable*: it gets no step score (:class:`StepScore
 The evaluation loop (:func:`iter_evaluate`, :func:`evaluate`) scores test records one question at
 a time into ``dreamprm.results.question_result`` dicts. It overlaps the CPU half of a question
 (decoding the image file, tiling and normalising it: ``Scorer.prepare_image``) with the scoring
-of the previous one: a background thread prepares up to ``prefetch`` questions ahead (default 2;
-0 = serial), with identical results and errors. Non-finite step scores (NaN or inf: a diverged
+of the previous one: up to ``prefetch`` questions ahead (default 2; 0 = serial) are prepared in a
+background thread, or with ``workers`` > 0 in that many worker processes (a DataLoader), which do
+not compete with the scoring thread for the interpreter lock. Results and errors are identical
+either way. Non-finite step scores (NaN or inf: a diverged
 model) stop it with :class:`NonFiniteScoresError` unless ``allow_nonfinite=True``.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import pickle
 from bisect import bisect_right
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +53,7 @@ from typing import Sequence
 
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .batching import ExampleBuilder, collate, load_rgb
@@ -133,14 +138,7 @@ class Scorer:
         only) decoded, tiled and normalised into the (tiles, 3, T, T) pixel tensor that
         ``score_step_lists`` takes in its place; None stays None. ``pin_memory``: in page-locked
         memory (CUDA only) so the copy to the device can run asynchronously."""
-        if image is None or isinstance(image, torch.Tensor):
-            pv = image
-        else:
-            if isinstance(image, (str, os.PathLike)):
-                image = load_rgb(image)
-            elif isinstance(image, Image.Image):
-                image = image.convert("RGB")
-            pv = self.builder.pixel_values(image)
+        pv = image_pixels(self.builder, image)
         if pin_memory and pv is not None and not pv.is_pinned():
             pv = pv.pin_memory()
         return pv
@@ -258,9 +256,30 @@ class Scorer:
         return [p[lb == b].tolist() for b in range(len(items))]
 
 
+def image_pixels(builder: ExampleBuilder, image):
+    """``image`` (a PIL image, a path, or None for text only) as ``builder``'s (tiles, 3, T, T)
+    pixel tensor; a tensor or None is returned as it is."""
+    if image is None or isinstance(image, torch.Tensor):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        image = load_rgb(image)
+    elif isinstance(image, Image.Image):
+        image = image.convert("RGB")
+    return builder.pixel_values(image)
+
+
 def default_device() -> str:
     """test.py's device: cuda when available, else cpu."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_workers(device) -> int:
+    """test.py's image-preparing worker processes: 2 on cuda (one question's 13 tiles take about
+    as long to prepare as its 8 candidates take to score on an H100; two leave slack), at most
+    the other CPU cores; 0 (a background thread) elsewhere."""
+    if not str(device).startswith("cuda"):
+        return 0
+    return min(2, max((os.cpu_count() or 1) - 1, 0))
 
 
 def default_precision(device) -> str:
@@ -312,6 +331,55 @@ def _ahead(fn, items, depth: int):
         pool.shutdown(wait=True)
 
 
+class _Failed:
+    """An exception a worker process met while preparing a question's image, carried back as a
+    value so the loop raises that very exception at that question (a DataLoader would re-raise a
+    copy of another message). One that cannot cross the process boundary travels as a
+    RuntimeError naming its type and message."""
+
+    def __init__(self, exc: Exception):
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        self.exc = exc
+
+
+class _QuestionImages(Dataset):
+    """The records' images as pixel tensors, for DataLoader workers (``_ahead_in_workers``)."""
+
+    def __init__(self, builder: ExampleBuilder, records: Sequence[dict], json_path):
+        self.builder, self.records, self.json_path = builder, records, json_path
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        try:
+            return image_pixels(self.builder, resolve_image(self.records[index]["image_path"], self.json_path))
+        except Exception as exc:
+            return _Failed(exc)
+
+
+def _ahead_in_workers(builder: ExampleBuilder, records: Sequence[dict], json_path, workers: int, depth: int,
+                      pin_memory: bool):
+    """The records' pixel tensors, in order, prepared up to ``depth`` questions ahead by ``workers``
+    processes (pinned in this process when ``pin_memory``); an image that fails raises its
+    exception here, at its question. Close the generator to stop the workers early."""
+    loader = DataLoader(_QuestionImages(builder, records, json_path), batch_size=None, num_workers=workers,
+                        prefetch_factor=max(1, math.ceil(depth / workers)), pin_memory=pin_memory)
+    it = iter(loader)
+    try:
+        for pv in it:
+            if isinstance(pv, _Failed):
+                raise pv.exc
+            yield pv
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)  # at once, not whenever the iterator is collected
+        if shutdown is not None:
+            shutdown()
+
+
 class NonFiniteScoresError(ValueError):
     """The PRM gave NaN or infinite step scores (a diverged model?); ``evaluate`` raises it at the
     first such question unless ``allow_nonfinite``. ``index``: the record's position; ``qid``:
@@ -331,6 +399,7 @@ def iter_evaluate(
     prefetch: int = 2,
     allow_nonfinite: bool = False,
     positions: Sequence[int] | None = None,
+    workers: int = 0,
 ):
     """Yield ``(question_result, candidates)`` for every record, in order, as each is scored
     (see ``evaluate``); a caller stopped part-way keeps what it was given. ``positions``: the
@@ -340,7 +409,11 @@ def iter_evaluate(
     def prepare(rec):
         return scorer.prepare_image(resolve_image(rec["image_path"], json_path), pin_memory=pin)
 
-    with closing(_ahead(prepare, records, prefetch)) as pixels:
+    if prefetch > 0 and workers > 0 and records:
+        ahead = _ahead_in_workers(scorer.builder, records, json_path, workers, prefetch, pin)
+    else:
+        ahead = _ahead(prepare, records, prefetch)
+    with closing(ahead) as pixels:
         bar = tqdm(records, desc="best-of-N", unit="question", disable=not progress)
         try:
             for index, (rec, pv) in enumerate(zip(bar, pixels)):
@@ -363,16 +436,19 @@ def evaluate(
     prefetch: int = 2,
     allow_nonfinite: bool = False,
     positions: Sequence[int] | None = None,
+    workers: int = 0,
 ) -> tuple[list[dict], list[list[str]]]:
     """Score every record's candidates; return the per-question results and the candidates.
 
     While a question is scored, the images of the next ``prefetch`` questions are decoded and
-    tiled in a background thread (``Scorer.prepare_image``; pinned memory on CUDA); 0 does it
-    serially. The results are the same either way, in record order, and an unreadable image
-    raises the same exception at the same question. Non-finite step scores raise
-    ``NonFiniteScoresError`` unless ``allow_nonfinite``."""
+    tiled (``Scorer.prepare_image``; pinned memory on CUDA): in a background thread, or in
+    ``workers`` worker processes when ``workers`` > 0; ``prefetch`` 0 does it serially. The
+    results are the same every way, in record order, and an unreadable image raises the same
+    exception at the same question. Non-finite step scores raise ``NonFiniteScoresError``
+    unless ``allow_nonfinite``."""
     questions, candidates = [], []
-    for q, cands in iter_evaluate(scorer, records, json_path, progress, prefetch, allow_nonfinite, positions):
+    for q, cands in iter_evaluate(scorer, records, json_path, progress, prefetch, allow_nonfinite, positions,
+                                  workers):
         questions.append(q)
         candidates.append(cands)
     return questions, candidates
