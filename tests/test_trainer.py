@@ -279,7 +279,8 @@ def test_compiled_layers_see_the_darts_perturbations(tiny_dir):
 @pytest.mark.slow
 @pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="inductor needs a C compiler on CPU")
 def test_compiled_towers_on_length_buckets_give_the_eager_iterations(tiny_dir):
-    """--cuda_graphs' towers (torch.compile, reduce-overhead, static shapes; no graphs on the CPU)
+    """--cuda_graphs' towers (torch.compile, dynamic shapes; reduce-overhead on CUDA, the fused kernels
+    without graphs on the CPU)
     on length-bucketed batches: two bi-level iterations give the eager run's upper gradients and
     PRM, so the compiled passes see the optimizer's and darts' in-place weight updates. And the
     buckets themselves change nothing beyond rounding."""

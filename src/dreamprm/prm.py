@@ -305,9 +305,9 @@ class ProcessRewardModel(nn.Module):
         graph inputs, read where they live, so the optimizer's and darts' in-place updates are
         seen. Only :meth:`forward` (training and the meta pass) uses them; scoring
         (:meth:`encode_prefix`, :meth:`step_probabilities`) stays eager. On the CPU the towers are
-        compiled without graphs."""
+        compiled without graphs (the fused kernels only)."""
         mm = self.model.model
-        compile_ = dict(mode="reduce-overhead", dynamic=True)
+        compile_ = dict(mode="reduce-overhead" if self.device.type == "cuda" else "default", dynamic=True)
         self._towers = (torch.compile(mm.vision_tower.forward, **compile_),
                         torch.compile(mm.language_model, **compile_))
 

@@ -478,17 +478,20 @@ def evaluate_in_memory(
     prefetch: int = 2,
     allow_nonfinite: bool = False,
     world: World = World(),
+    workers: int = 0,
     **scorer_options,
 ) -> tuple[list[dict], list[list[str]]]:
     """``evaluate`` with a PRM already in memory (the one being trained: no reload), scored as
-    test.py scores a loaded one (a ``Scorer`` with these options, no progress bar); the PRM's
+    test.py scores a loaded one (a ``Scorer`` with these options, no progress bar; ``workers``
+    image-preparing processes, 0 = a thread); the PRM's
     train/eval modes are as they were afterwards (``scoring_mode``). In a data-parallel ``world``
     every rank scores its share (``shard``) and all get the merged results (``merge_shards``)."""
     positions = shard(len(records), world)
     with scoring_mode(prm):
         scorer = Scorer(prm, max_patch_num=max_patch_num, batch_size=batch_size, **scorer_options)
         questions, candidates = evaluate(scorer, [records[i] for i in positions], json_path, progress=False,
-                                         prefetch=prefetch, allow_nonfinite=allow_nonfinite, positions=positions)
+                                         prefetch=prefetch, allow_nonfinite=allow_nonfinite, positions=positions,
+                                         workers=workers)
     return merge_shards(gather_objects(world, (positions, questions, candidates)))
 
 

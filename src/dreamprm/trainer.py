@@ -48,7 +48,7 @@ from .problems import IterationEngine, LowerProblem, UpperProblem, problem_confi
 from .records import DataError, load_records, plural
 from .results import BASELINE_NAMES, summarise
 from .runfolder import BEST_DIR, BEST_INFO, EXPORT_MANIFEST, RunFolder, RunFolderError, open_append
-from .scoring import evaluate_in_memory
+from .scoring import default_workers, evaluate_in_memory
 from .weighting import build_weight_model
 
 STAGES = {"table": "Instance Table", "net": "Instance Net", "domain": "Domain Table"}
@@ -555,7 +555,7 @@ class Trainer:
             questions, candidates = evaluate_in_memory(self.prm, self.eval_records, c.eval_json_file,
                                                        max_patch_num=c.eval_max_patch_num,
                                                        batch_size=c.eval_batch_size, allow_nonfinite=True,
-                                                       world=self.world)
+                                                       world=self.world, workers=default_workers(self.device))
         finally:
             set_rng_state(rng)
         summary = summarise(questions, candidates)
