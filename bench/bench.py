@@ -329,9 +329,9 @@ def measure_bon8(device: str, model_dir: Path, data: Path, reference: bool, iter
             scores.append(prm(**batch.model_inputs()).p_plus.float().tolist())
         return scores
 
-    def streamed():  # ours: test.py's loop, images decoded and tiled ahead (prefetch, workers)
+    def streamed():  # ours: test.py's loop, questions prepared ahead (prefetch, workers)
         stream = [tests[i % len(tests)] for i in range(warmup + iters)]
-        ends, score = [], scorer.score_candidates
+        ends, score = [], scorer.score_prepared
 
         def timed(*args):
             out = score(*args)
@@ -339,11 +339,11 @@ def measure_bon8(device: str, model_dir: Path, data: Path, reference: bool, iter
             ends.append(time.perf_counter())
             return out
 
-        scorer.score_candidates = timed
+        scorer.score_prepared = timed
         ticks = [time.perf_counter()]
         questions, _ = evaluate(scorer, stream, data / "test.json", progress=False, prefetch=prefetch,
                                 workers=workers)
-        del scorer.score_candidates
+        del scorer.score_prepared
         ticks += ends  # a question's time runs from the end of the previous one: the streamed cost
         secs = [b - a for a, b in zip(ticks[warmup:], ticks[warmup + 1 :])]
         return secs, [q["step_scores"] for q in questions[: len(tests)]]

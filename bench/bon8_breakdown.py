@@ -7,13 +7,16 @@ script splits that time, per question, at bench.py's shape (13 tiles, 8 candidat
 * ``prepare_image``: decoding, tiling and normalising the image (CPU; ``Scorer.prepare_image``);
 * ``build_prompts``: splitting and tokenising the 8 candidates (CPU);
 * ``score_pretiled``: ``score_candidates`` given the prepared pixels (prompts + GPU work);
+* ``score_prepared``: ``score_prepared`` given the whole prepared question (the model's half
+  alone: what the loop costs when the preparation is wholly hidden);
 * ``stream_prefetch0``: test.py's loop, serial;
 * ``stream_prefetch2``: with one background thread preparing 2 questions ahead (``--num_workers 0``);
 * ``stream_workers2``: with 2 worker processes preparing them (``--num_workers 2``).
 
 If ``stream_prefetch2`` sits well above ``score_pretiled``, the overlap is imperfect (the
 preparing thread competes with the scoring thread for the interpreter lock); the worker
-processes do not, so ``stream_workers2`` should come down to about ``score_pretiled``.
+processes do not, and they tokenise the candidates too, so ``stream_workers2`` should come
+down to about ``score_prepared``.
 
     python bench/bon8_breakdown.py [--out RUN] [--work DIR] [--iters 10] [--device cpu]
 
@@ -83,6 +86,8 @@ def main() -> int:
         return [builder.build(candidate_conversation(q["question"], split_steps(c)), pixel_values=pv)
                 for c in q["candidates"]]
 
+    prepared = {i: scorer.prepare_candidates(pixels[q["image_path"]], q["question"], q["candidates"])
+                for i, q in enumerate(tests)}
     result = {
         "prepare_image": timed_median(lambda q: scorer.prepare_image(data / q["image_path"]), stream, a.warmup,
                                       no_sync),
@@ -90,8 +95,10 @@ def main() -> int:
         "score_pretiled": timed_median(
             lambda q: scorer.score_candidates(pixels[q["image_path"]], q["question"], q["candidates"]),
             stream, a.warmup, gpu_sync),
+        "score_prepared": timed_median(lambda i: scorer.score_prepared(prepared[i % len(tests)]),
+                                       range(a.warmup + a.iters), a.warmup, gpu_sync),
     }
-    scorer = None  # free the model before measure_bon8 loads its own
+    scorer = prepared = None  # free the model before measure_bon8 loads its own
     for name, prefetch, workers in (("stream_prefetch0", 0, 0), ("stream_prefetch2", 2, 0),
                                     ("stream_workers2", 2, 2)):
         m = measure_bon8(a.device, model_dir, data, False, a.iters, a.warmup, prefetch=prefetch, workers=workers)

@@ -56,15 +56,16 @@ def profile_training(out: Path, mode: str, flags: list[str]):
 
 
 def profile_bon8(out: Path):
-    """Six best-of-8 questions through test.py's loop (prefetch on); the last two are recorded."""
+    """Six best-of-8 questions through test.py's loop (prefetch on, its default worker processes);
+    the last two are recorded."""
     import json
 
-    from dreamprm.scoring import evaluate, load_scorer
+    from dreamprm.scoring import default_workers, evaluate, load_scorer
 
     scorer = load_scorer(str(out / "model"), device="cuda", precision="bf16", max_patch_num=12, batch_size=8)
     tests = json.loads((out / "data" / "test.json").read_text())
     stream = [tests[i % len(tests)] for i in range(6)]
-    score = scorer.score_candidates
+    score = scorer.score_prepared  # the model's half of each question, as the loop calls it
     schedule = torch.profiler.schedule(skip_first=3, wait=0, warmup=1, active=2, repeat=1)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], schedule=schedule) as prof:
         def stepped(*args):
@@ -73,8 +74,9 @@ def profile_bon8(out: Path):
             prof.step()
             return result
 
-        scorer.score_candidates = stepped
-        evaluate(scorer, stream, out / "data" / "test.json", progress=False, prefetch=2)
+        scorer.score_prepared = stepped
+        evaluate(scorer, stream, out / "data" / "test.json", progress=False, prefetch=2,
+                 workers=default_workers("cuda"))
     return prof
 
 

@@ -230,8 +230,8 @@ def test_bon8_breakdown_cpu_smoke_run_reports_every_part(tmp_path, tiny_dir):
                    str(tmp_path / "work"), "--iters", "1", "--warmup", "0")
     assert done.returncode == 0, done.stderr[-3000:]
     parts = json.loads((tmp_path / "run" / "bon8_breakdown.json").read_text())
-    timed = ("prepare_image", "build_prompts", "score_pretiled", "stream_prefetch0", "stream_prefetch2",
-             "stream_workers2")
+    timed = ("prepare_image", "build_prompts", "score_pretiled", "score_prepared", "stream_prefetch0",
+             "stream_prefetch2", "stream_workers2")
     assert set(parts) == {*timed, "device"} and parts["device"] == "cpu (tiny model)"
     assert all(isinstance(parts[k], float) and math.isfinite(parts[k]) for k in timed)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == parts

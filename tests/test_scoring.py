@@ -137,28 +137,28 @@ def test_evaluate_prefetch_equals_serial(prm, tmp_path, monkeypatch):
     assert [q["id"] for q in serial_q] == [r["id"] for r in recs]
     assert len({q["step_scores"][0][0] for q in serial_q}) == len(recs)  # every image scores differently
 
-    # with prefetch the images are prepared in a background thread, ahead of the scoring:
-    # scoring question 0 waits until question 1's image is being prepared (impossible when serial)
-    threads, second_started = [], threading.Event()
-    prepare, score = scorer.prepare_image, scorer.score_candidates
+    # with prefetch the questions are prepared in a background thread, ahead of the scoring:
+    # scoring question 0 waits until question 1 is being prepared (impossible when serial)
+    threads, scored, second_started = [], [], threading.Event()
+    prepare, score = scorer.prepare_candidates, scorer.score_prepared
 
-    def prepare_spy(image, **kw):
-        if isinstance(image, torch.Tensor):  # score_step_lists passing the prepared tensor through
-            return prepare(image, **kw)
+    def prepare_spy(*args, **kw):
         threads.append(threading.current_thread())
         if len(threads) == 2:
             second_started.set()
-        return prepare(image, **kw)
+        return prepare(*args, **kw)
 
-    def score_spy(image, question, candidates):
-        if question == recs[0]["question"]:
+    def score_spy(question):
+        scored.append(question)
+        if len(scored) == 1:
             assert second_started.wait(timeout=60), "question 1 was not prepared while question 0 was scored"
-        return score(image, question, candidates)
+        return score(question)
 
-    monkeypatch.setattr(scorer, "prepare_image", prepare_spy)
-    monkeypatch.setattr(scorer, "score_candidates", score_spy)
+    monkeypatch.setattr(scorer, "prepare_candidates", prepare_spy)
+    monkeypatch.setattr(scorer, "score_prepared", score_spy)
     for prefetch in (1, 2, 7):
         threads.clear()
+        scored.clear()
         second_started.clear()
         got_q, got_c = evaluate(scorer, recs, json_path, progress=False, prefetch=prefetch)
         assert got_q == serial_q and got_c == serial_c  # exact: step scores, aggregates, selections, order
@@ -175,19 +175,38 @@ def test_evaluate_prefetch_bad_image_same_error(prm, tmp_path, monkeypatch, dama
         (tmp_path / "img" / "e2.png").write_bytes(b"not an image at all")
     scorer = Scorer(prm, batch_size=2)
     scored = []
-    score = scorer.score_candidates
-    monkeypatch.setattr(scorer, "score_candidates", lambda im, q, c: scored.append(q) or score(im, q, c))
+    score = scorer.score_prepared
+    monkeypatch.setattr(scorer, "score_prepared", lambda q: scored.append(q) or score(q))
     errors = {}
     for prefetch, workers in ((0, 0), (1, 0), (2, 0), (1, 1), (2, 2)):
         scored.clear()
         with pytest.raises(Exception) as info:
             evaluate(scorer, recs, tmp_path / "test.json", progress=False, prefetch=prefetch, workers=workers)
         errors[prefetch, workers] = (type(info.value), str(info.value))
-        assert scored == [r["question"] for r in recs[:2]]  # raised at question 2, as when serial
+        assert len(scored) == 2  # raised at question 2, as when serial
     assert len(set(errors.values())) == 1  # the same exception, thread, worker processes or serial
     assert issubclass(errors[0, 0][0], OSError) and str(tmp_path / "img" / recs[2]["image_path"][4:]) in errors[0, 0][1]
     assert not [t for t in threading.enumerate() if t.name.startswith("bestofn-prefetch")]  # worker stopped
     assert not multiprocessing.active_children()  # worker processes stopped
+
+
+def test_evaluate_bad_candidate_same_error_every_way(prm, tmp_path, monkeypatch):
+    """Candidates are tokenised ahead too: one that cannot be raises at its question, as when serial."""
+    recs = _eval_records(tmp_path)
+    recs[3]["candidates"][1] = {"not": "text"}
+    scorer = Scorer(prm, batch_size=2)
+    scored = []
+    score = scorer.score_prepared
+    monkeypatch.setattr(scorer, "score_prepared", lambda q: scored.append(q) or score(q))
+    errors = set()
+    for prefetch, workers in ((0, 0), (2, 0), (2, 2)):
+        scored.clear()
+        with pytest.raises(Exception) as info:
+            evaluate(scorer, recs, tmp_path / "test.json", progress=False, prefetch=prefetch, workers=workers)
+        errors.add((type(info.value), str(info.value)))
+        assert len(scored) == 3
+    assert len(errors) == 1
+    assert not multiprocessing.active_children()
 
 
 def test_evaluate_in_worker_processes_equals_serial(prm, tmp_path, monkeypatch):
@@ -196,9 +215,9 @@ def test_evaluate_in_worker_processes_equals_serial(prm, tmp_path, monkeypatch):
     scorer = Scorer(prm, batch_size=2)
     serial = evaluate(scorer, recs, json_path, progress=False, prefetch=0)
     alive = []  # worker processes alive while each question is scored
-    score = scorer.score_candidates
-    monkeypatch.setattr(scorer, "score_candidates",
-                        lambda im, q, c: alive.append(len(multiprocessing.active_children())) or score(im, q, c))
+    score = scorer.score_prepared
+    monkeypatch.setattr(scorer, "score_prepared",
+                        lambda q: alive.append(len(multiprocessing.active_children())) or score(q))
     for prefetch, workers in ((1, 1), (2, 2), (7, 2)):
         alive.clear()
         assert evaluate(scorer, recs, json_path, progress=False, prefetch=prefetch, workers=workers) == serial
@@ -227,7 +246,7 @@ def test_scorer_max_length_keeps_the_steps_that_fit(prm):
     full = Scorer(prm, batch_size=2, max_length=None)
     assert full.max_length == 32768  # the tiny model's max_position_embeddings
     want = full.score_step_lists(image, question, lists)
-    n_img = full.prepare_image(image).shape[0] * full.builder.tokens_per_tile
+    n_img = full.prepare_image(image).shape[0] * full.encoder.builder.tokens_per_tile
     lengths = [[len(encode_conversation(prm.processor.tokenizer, candidate_conversation(question, s[:j]), n_img)
                     .input_ids) for j in range(1, len(s) + 1)] for s in lists]
     limit = lengths[0][1] + 1  # two steps of candidate 0 fit, three do not; candidate 2's first does not
@@ -254,3 +273,19 @@ def test_load_scorer_defaults_to_the_device_test_py_picks(tiny_dir, monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine: cuda is asked for
     with pytest.raises(Exception, match=r"(?i)cuda|nvidia"):
         load_scorer("tiny")
+
+
+def test_worker_processes_stay_quiet_about_a_handover_the_main_process_broke(monkeypatch, capsys):
+    """A Ctrl-C or SIGTERM can land while a worker hands a tensor over; the worker's handover
+    thread must not print the broken connection's traceback into the user's terminal."""
+    import sys
+
+    from dreamprm.scoring import _quiet_handover_errors
+
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    _quiet_handover_errors(0)
+    for kind in (EOFError, ConnectionResetError, BrokenPipeError, multiprocessing.AuthenticationError):
+        sys.excepthook(kind, kind("the main process went away"), None)
+    assert capsys.readouterr().err == ""
+    sys.excepthook(ValueError, ValueError("a real problem"), None)
+    assert "ValueError: a real problem" in capsys.readouterr().err

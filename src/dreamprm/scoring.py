@@ -32,37 +32,37 @@ its first step fits it is *unscorable*: it gets no step score (:class:`StepScore
 
 The evaluation loop (:func:`iter_evaluate`, :func:`evaluate`) scores test records one question at
 a time into ``dreamprm.results.question_result`` dicts. It overlaps the CPU half of a question
-(decoding the image file, tiling and normalising it: ``Scorer.prepare_image``) with the scoring
-of the previous one: up to ``prefetch`` questions ahead (default 2; 0 = serial) are prepared in a
-background thread, or with ``workers`` > 0 in that many worker processes (a DataLoader), which do
-not compete with the scoring thread for the interpreter lock. Results and errors are identical
-either way. Non-finite step scores (NaN or inf: a diverged
-model) stop it with :class:`NonFiniteScoresError` unless ``allow_nonfinite=True``.
+(decoding the image file, tiling and normalising it, splitting and tokenising the candidates:
+``Scorer.prepare_candidates``, see ``dreamprm.candidates``) with the model's half of the previous
+one (``Scorer.score_prepared``): up to ``prefetch`` questions ahead (default 2; 0 = serial) are
+prepared in a background thread, or with ``workers`` > 0 in that many worker processes (a
+DataLoader), which do not compete with the scoring thread for the interpreter lock. Results and
+errors are identical every way. Non-finite step scores (NaN or inf: a diverged model) stop it
+with :class:`NonFiniteScoresError` unless ``allow_nonfinite=True``.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import pickle
-from bisect import bisect_right
+import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from typing import Sequence
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .batching import ExampleBuilder, collate, load_rgb
+from .batching import collate
+from .candidates import PreparedQuestion, QuestionEncoder
 from .distributed import World, gather_objects
 from .prm import Prefix, ProcessRewardModel
-from .prompt import PromptError, candidate_conversation, encode_conversation
 from .records import resolve_image
 from .results import question_result
-from .steps import SPLITTERS, split_steps
 
 SCORE_DTYPES = ("model", "fp32")
 
@@ -90,32 +90,31 @@ class Scorer:
     """Step scores p(+) for the candidates of a question, with the image encoded once.
 
     ``max_length``: the longest token sequence (prompt + image tokens + steps) a candidate is
-    scored over; None = the model's ``max_position_embeddings`` (see the module docstring)."""
+    scored over; None = the model's ``max_position_embeddings`` (see the module docstring).
+    The CPU half (image pixels, token ids) is ``encoder``'s (``candidates.QuestionEncoder``);
+    ``score_prepared`` is the model's half."""
 
     def __init__(self, prm: ProcessRewardModel, max_patch_num: int = 12, batch_size: int = 8,
                  prefix_cache: bool = True, score_dtype: str = "model", splitter: str = "upstream",
                  max_length: int | None = None):
         if score_dtype not in SCORE_DTYPES:
             raise ValueError(f"score_dtype must be one of {SCORE_DTYPES}, got {score_dtype!r}")
-        if splitter not in SPLITTERS:
-            raise ValueError(f"splitter must be one of {SPLITTERS}, got {splitter!r}")
-        if max_length is not None and int(max_length) < 1:
-            raise ValueError(f"max_length must be at least 1, got {max_length}")
+        self.encoder = QuestionEncoder(prm.processor, max_patch_num, splitter,
+                                       prm.max_length if max_length is None else max_length)
         self.prm = prm.eval()
-        self.builder = ExampleBuilder(prm.processor, max_patch_num)
         self.batch_size = max(1, int(batch_size))
         self.prefix_cache = bool(prefix_cache)
         self.score_dtype = score_dtype
-        self.splitter = splitter
-        self.max_length = int(max_length) if max_length is not None else prm.max_length
         tok = prm.processor.tokenizer
-        self.tokenizer = tok
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        # Over-long candidates are measured and truncated here, so the tokenizer's own warning
-        # ("... will result in indexing errors") would be wrong; it is one flag per tokenizer.
-        warned = getattr(tok, "deprecation_warnings", None)
-        if isinstance(warned, dict):
-            warned["sequence-length-is-longer-than-the-specified-maximum"] = True
+
+    @property
+    def splitter(self) -> str:
+        return self.encoder.splitter
+
+    @property
+    def max_length(self) -> int | None:
+        return self.encoder.max_length
 
     def describe(self) -> dict:
         """How scores are made, for the report: dtype, splitter, tie rule, length limit."""
@@ -134,14 +133,16 @@ class Scorer:
         return self.prm.device
 
     def prepare_image(self, image, pin_memory: bool = False):
-        """The CPU half of scoring a question: ``image`` (a PIL image, a path, or None for text
-        only) decoded, tiled and normalised into the (tiles, 3, T, T) pixel tensor that
-        ``score_step_lists`` takes in its place; None stays None. ``pin_memory``: in page-locked
-        memory (CUDA only) so the copy to the device can run asynchronously."""
-        pv = image_pixels(self.builder, image)
-        if pin_memory and pv is not None and not pv.is_pinned():
-            pv = pv.pin_memory()
-        return pv
+        """The image part of a question's CPU half: ``image`` (a PIL image, a path, or None for
+        text only) decoded, tiled and normalised into the (tiles, 3, T, T) pixel tensor that the
+        scoring methods take in its place; None stays None. ``pin_memory``: in page-locked memory
+        (CUDA only) so the copy to the device can run asynchronously."""
+        return self.encoder.prepare_image(image, pin_memory)
+
+    def prepare_candidates(self, image, question: str, candidates: Sequence[str],
+                           pin_memory: bool = False) -> PreparedQuestion:
+        """A question's whole CPU half (``QuestionEncoder.prepare_candidates``), for ``score_prepared``."""
+        return self.encoder.prepare_candidates(image, question, candidates, pin_memory)
 
     def score_steps(self, image, question: str, steps: Sequence[str]) -> list[float]:
         """p(+) of every step of one candidate already split into ``steps``."""
@@ -150,73 +151,42 @@ class Scorer:
     def score_candidates(self, image, question: str, candidates: Sequence[str]) -> StepScores:
         """Split every candidate into steps (``steps.split_steps`` with this scorer's splitter)
         and score them all."""
-        return self.score_step_lists(image, question, [split_steps(c, self.splitter) for c in candidates])
-
-    def fit(self, question: str, steps: Sequence[str], num_image_tokens: int):
-        """``(encoding, kept)``: the token ids of the conversation over the first ``kept`` steps,
-        the most that fit in ``max_length`` tokens (all of them when the whole fits); ``(None, 0)``
-        when not even the first step fits. Only id lists are built, never a tensor."""
-        steps = list(steps)
-        enc = encode_conversation(self.tokenizer, candidate_conversation(question, steps), num_image_tokens)
-        limit = self.max_length
-        if limit is None or len(enc.input_ids) <= limit:
-            return enc, len(steps)
-        # Every step turn ends the same way (label, end of turn), so the conversation over the first
-        # j steps is the prefix of these ids that ends as many tokens after label j's position as
-        # the whole ends after the last label's.
-        tail = len(enc.input_ids) - enc.label_positions[-1]
-        kept = bisect_right([p + tail for p in enc.label_positions], limit)
-        while kept > 0:  # re-encoded to be sure: the ids of exactly what is scored
-            enc = encode_conversation(self.tokenizer, candidate_conversation(question, steps[:kept]), num_image_tokens)
-            if len(enc.input_ids) <= limit:
-                return enc, kept
-            kept -= 1
-        return None, 0
+        return self.score_prepared(self.encoder.prepare_candidates(image, question, candidates))
 
     def score_step_lists(self, image, question: str, step_lists: Sequence[Sequence[str]]) -> StepScores:
-        """The core: ``image`` is a PIL image, a path, None (text only), or the pixel tensor
-        ``prepare_image`` made of one (then no image work is done here)."""
-        out = StepScores([[] for _ in step_lists], [len(steps) for steps in step_lists])
-        first_of: dict[tuple, int] = {}  # identical step lists are scored once
-        for i, steps in enumerate(step_lists):
-            if len(steps) > 0:
-                first_of.setdefault(tuple(steps), i)
-        todo = sorted(first_of.values())
-        if not todo:
-            return out
-        pv = self.prepare_image(image)
-        n_img = 0 if pv is None else pv.shape[0] * self.builder.tokens_per_tile
-        items = {}
-        for i in todo:
-            try:
-                enc, kept = self.fit(question, step_lists[i], n_img)
-            except PromptError as exc:
-                raise PromptError(f"candidate {i}: {exc}") from exc
-            if enc is None:
-                continue  # unscorable: not even the first step fits in max_length
-            items[i] = {"input_ids": torch.tensor(enc.input_ids, dtype=torch.long),
-                        "label_positions": torch.tensor(enc.label_positions, dtype=torch.long),
-                        "labels": torch.tensor(enc.labels, dtype=torch.float32),
-                        "pixel_values": None}  # the features are shared; never concatenate the tiles
-        todo = [i for i in todo if i in items]
-        if todo:
+        """The candidates of one question, already split into steps. ``image`` is a PIL image, a
+        path, None (text only), or the pixel tensor ``prepare_image`` made of one (then no image
+        work is done here)."""
+        return self.score_prepared(self.encoder.prepare(image, question, step_lists))
+
+    def score_prepared(self, question: PreparedQuestion) -> StepScores:
+        """The model's half: the step scores of a question ``prepare_candidates`` (or the encoder's
+        ``prepare``) made ready."""
+        out = StepScores([[] for _ in question.n_steps], question.n_steps)
+        items = {i: {"input_ids": torch.tensor(enc.input_ids, dtype=torch.long),
+                     "label_positions": torch.tensor(enc.label_positions, dtype=torch.long),
+                     "labels": torch.tensor(enc.labels, dtype=torch.float32),
+                     "pixel_values": None}  # the features are shared; never concatenate the tiles
+                 for i, enc in question.encoded.items()}
+        if items:
+            pv = question.pixels
             with torch.inference_mode():
                 feats = None
                 if pv is not None:
                     feats = self.prm.image_features(pv.to(self.device, non_blocking=pv.is_pinned()))
                 prefix = None
                 if self.prefix_cache:
-                    first_label = min(int(items[i]["label_positions"].min()) for i in todo)
-                    prefix = self._encode_prefix([items[i]["input_ids"] for i in todo], feats, first_label)
-                order = sorted(todo, key=lambda i: len(items[i]["input_ids"]))
+                    first_label = min(int(item["label_positions"].min()) for item in items.values())
+                    prefix = self._encode_prefix([items[i]["input_ids"] for i in sorted(items)], feats, first_label)
+                order = sorted(items, key=lambda i: len(items[i]["input_ids"]))
                 for start in range(0, len(order), self.batch_size):
                     chunk = order[start : start + self.batch_size]
                     probs = self._score_batch([items[i] for i in chunk], feats, prefix)
                     for i, p in zip(chunk, probs):
                         out[i] = p
-        for i, steps in enumerate(step_lists):
-            if len(steps) > 0:
-                out[i] = list(out[first_of[tuple(steps)]])
+        for i, first in enumerate(question.scored_as):
+            if first is not None:
+                out[i] = list(out[first])
         return out
 
     def _encode_prefix(self, id_lists, feats, first_label: int) -> Prefix | None:
@@ -254,18 +224,6 @@ class Scorer:
         ).float().cpu()  # bf16 -> fp32 is exact
         lb = label_batch.cpu()
         return [p[lb == b].tolist() for b in range(len(items))]
-
-
-def image_pixels(builder: ExampleBuilder, image):
-    """``image`` (a PIL image, a path, or None for text only) as ``builder``'s (tiles, 3, T, T)
-    pixel tensor; a tensor or None is returned as it is."""
-    if image is None or isinstance(image, torch.Tensor):
-        return image
-    if isinstance(image, (str, os.PathLike)):
-        image = load_rgb(image)
-    elif isinstance(image, Image.Image):
-        image = image.convert("RGB")
-    return builder.pixel_values(image)
 
 
 def default_device() -> str:
@@ -345,35 +303,54 @@ class _Failed:
         self.exc = exc
 
 
-class _QuestionImages(Dataset):
-    """The records' images as pixel tensors, for DataLoader workers (``_ahead_in_workers``)."""
+class _PreparedQuestions(Dataset):
+    """The records prepared for scoring (``QuestionEncoder.prepare_candidates``), for DataLoader
+    workers (``_ahead_in_workers``)."""
 
-    def __init__(self, builder: ExampleBuilder, records: Sequence[dict], json_path):
-        self.builder, self.records, self.json_path = builder, records, json_path
+    def __init__(self, encoder: QuestionEncoder, records: Sequence[dict], json_path):
+        self.encoder, self.records, self.json_path = encoder, records, json_path
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int):
+        rec = self.records[index]
         try:
-            return image_pixels(self.builder, resolve_image(self.records[index]["image_path"], self.json_path))
+            return self.encoder.prepare_candidates(resolve_image(rec["image_path"], self.json_path), rec["question"],
+                                                   rec["candidates"])
         except Exception as exc:
             return _Failed(exc)
 
 
-def _ahead_in_workers(builder: ExampleBuilder, records: Sequence[dict], json_path, workers: int, depth: int,
+def _quiet_handover_errors(worker_id: int) -> None:
+    """A worker process's ``worker_init_fn``. Its tensors reach the main process through a thread
+    that hands over file descriptors; when the main process stops in the middle of a handover
+    (Ctrl-C, SIGTERM: test.py then saves the partial results) that thread prints a traceback of
+    the broken connection. That is no error of the worker's, so it goes unprinted; every other
+    exception still prints."""
+    hook = sys.excepthook
+
+    def excepthook(kind, value, traceback):
+        if not issubclass(kind, (EOFError, ConnectionError, multiprocessing.AuthenticationError)):
+            hook(kind, value, traceback)
+
+    sys.excepthook = excepthook
+
+
+def _ahead_in_workers(encoder: QuestionEncoder, records: Sequence[dict], json_path, workers: int, depth: int,
                       pin_memory: bool):
-    """The records' pixel tensors, in order, prepared up to ``depth`` questions ahead by ``workers``
-    processes (pinned in this process when ``pin_memory``); an image that fails raises its
-    exception here, at its question. Close the generator to stop the workers early."""
-    loader = DataLoader(_QuestionImages(builder, records, json_path), batch_size=None, num_workers=workers,
-                        prefetch_factor=max(1, math.ceil(depth / workers)), pin_memory=pin_memory)
+    """The records as prepared questions, in order, up to ``depth`` ahead, made by ``workers``
+    processes (their pixels pinned in this process when ``pin_memory``); a question that fails
+    raises its exception here, at its place. Close the generator to stop the workers early."""
+    loader = DataLoader(_PreparedQuestions(encoder, records, json_path), batch_size=None, num_workers=workers,
+                        prefetch_factor=max(1, math.ceil(depth / workers)), pin_memory=pin_memory,
+                        worker_init_fn=_quiet_handover_errors)
     it = iter(loader)
     try:
-        for pv in it:
-            if isinstance(pv, _Failed):
-                raise pv.exc
-            yield pv
+        for prepared in it:
+            if isinstance(prepared, _Failed):
+                raise prepared.exc
+            yield prepared
     finally:
         shutdown = getattr(it, "_shutdown_workers", None)  # at once, not whenever the iterator is collected
         if shutdown is not None:
@@ -407,17 +384,18 @@ def iter_evaluate(
     pin = prefetch > 0 and torch.device(scorer.device).type == "cuda"
 
     def prepare(rec):
-        return scorer.prepare_image(resolve_image(rec["image_path"], json_path), pin_memory=pin)
+        return scorer.prepare_candidates(resolve_image(rec["image_path"], json_path), rec["question"],
+                                         rec["candidates"], pin_memory=pin)
 
     if prefetch > 0 and workers > 0 and records:
-        ahead = _ahead_in_workers(scorer.builder, records, json_path, workers, prefetch, pin)
+        ahead = _ahead_in_workers(scorer.encoder, records, json_path, workers, prefetch, pin)
     else:
         ahead = _ahead(prepare, records, prefetch)
-    with closing(ahead) as pixels:
+    with closing(ahead) as prepared:
         bar = tqdm(records, desc="best-of-N", unit="question", disable=not progress)
         try:
-            for index, (rec, pv) in enumerate(zip(bar, pixels)):
-                step_scores = scorer.score_candidates(pv, rec["question"], rec["candidates"])
+            for index, (rec, ready) in enumerate(zip(bar, prepared)):
+                step_scores = scorer.score_prepared(ready)
                 place = index if positions is None else positions[index]
                 q = question_result(rec.get("id", place), rec["true_false"], step_scores, scorer.dtype,
                                     n_steps=getattr(step_scores, "n_steps", None))
@@ -440,12 +418,12 @@ def evaluate(
 ) -> tuple[list[dict], list[list[str]]]:
     """Score every record's candidates; return the per-question results and the candidates.
 
-    While a question is scored, the images of the next ``prefetch`` questions are decoded and
-    tiled (``Scorer.prepare_image``; pinned memory on CUDA): in a background thread, or in
-    ``workers`` worker processes when ``workers`` > 0; ``prefetch`` 0 does it serially. The
-    results are the same every way, in record order, and an unreadable image raises the same
-    exception at the same question. Non-finite step scores raise ``NonFiniteScoresError``
-    unless ``allow_nonfinite``."""
+    While a question is scored, the next ``prefetch`` questions are prepared (images decoded and
+    tiled, pinned memory on CUDA; candidates tokenised: ``Scorer.prepare_candidates``): in a
+    background thread, or in ``workers`` worker processes when ``workers`` > 0; ``prefetch`` 0
+    does it serially. The results are the same every way, in record order, and an unreadable
+    image or a bad candidate raises the same exception at the same question. Non-finite step
+    scores raise ``NonFiniteScoresError`` unless ``allow_nonfinite``."""
     questions, candidates = [], []
     for q, cands in iter_evaluate(scorer, records, json_path, progress, prefetch, allow_nonfinite, positions,
                                   workers):
