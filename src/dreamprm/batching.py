@@ -10,6 +10,7 @@ image's size and the tiling rule, without decoding pixels.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import partial
 
@@ -19,6 +20,15 @@ from torch.utils.data import Dataset
 
 from .prompt import PromptError, candidate_conversation, encode_conversation, encoded_lengths
 from .records import DataError, plural, record_label, resolve_image
+
+
+def dataloader_workers(device, most: int) -> int:
+    """DataLoader worker processes for image work on ``device``: on cuda up to ``most``, leaving
+    one CPU core to the process that launches the kernels; 0 elsewhere, where the workers would
+    take cores from the model's own computation."""
+    if not str(device).startswith("cuda"):
+        return 0
+    return min(most, max((os.cpu_count() or 1) - 1, 0))
 
 
 def load_rgb(path) -> Image.Image:

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 import pickle
 import sys
 from collections import deque
@@ -57,7 +56,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .batching import collate
+from .batching import collate, dataloader_workers
 from .candidates import PreparedQuestion, QuestionEncoder
 from .distributed import World, gather_objects
 from .prm import Prefix, ProcessRewardModel
@@ -232,12 +231,10 @@ def default_device() -> str:
 
 
 def default_workers(device) -> int:
-    """test.py's image-preparing worker processes: 2 on cuda (one question's 13 tiles take about
-    as long to prepare as its 8 candidates take to score on an H100; two leave slack), at most
-    the other CPU cores; 0 (a background thread) elsewhere."""
-    if not str(device).startswith("cuda"):
-        return 0
-    return min(2, max((os.cpu_count() or 1) - 1, 0))
+    """test.py's question-preparing worker processes (``batching.dataloader_workers``): up to 2 on
+    cuda (one question's 13 tiles take about as long to prepare as its 8 candidates take to
+    score on an H100; two leave slack); 0 (a background thread) elsewhere."""
+    return dataloader_workers(device, most=2)
 
 
 def default_precision(device) -> str:

@@ -35,7 +35,7 @@ from betty.configs import EngineConfig
 from tqdm.auto import tqdm
 
 from . import distributed
-from .batching import BatchStream, ConversationDataset, ExampleBuilder, drop_overlong
+from .batching import BatchStream, ConversationDataset, ExampleBuilder, dataloader_workers, drop_overlong
 from .checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, read_run_config,
                          read_trainer_state, rng_state, save_checkpoint, set_rng_state, verify_checkpoint)
 from .config import TrainConfig
@@ -214,7 +214,7 @@ class Trainer:
         pin = self.device.startswith("cuda")
         workers = config.num_workers
         if workers is None:  # decode and tile off the training loop's thread on a GPU machine
-            workers = min(4, max((os.cpu_count() or 1) - 1, 0)) if pin else 0
+            workers = dataloader_workers(self.device, most=4)
         self.train_set = ConversationDataset(train_records, config.train_json_file, builder)
         self.train_stream = self._stream(self.train_set, config.train_json_file, "--batch_size", config.batch_size,
                                          config.seed, pad_id, workers, pin)
