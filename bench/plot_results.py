@@ -18,6 +18,11 @@ import json
 import sys
 from pathlib import Path
 
+try:  # as bench.plot_results (tests) or as a script, whose folder is on sys.path
+    from .runfiles import save_figure
+except ImportError:
+    from runfiles import save_figure
+
 # (mode, gradient checkpointing) -> (seconds, GiB) targets from the performance issue
 TARGETS = {("sft", False): (0.10, None), ("table", False): (0.20, 20.0), ("table", True): (None, 14.0)}
 
@@ -83,12 +88,7 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     axes[0].set_yticks(range(len(rows)), names, fontsize=9)
     axes[0].invert_yaxis()
     axes[0].set_title("blue: ours, gray: reference-equivalent, red: target", fontsize=9)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)
 
 
 def _number(value, fmt: str) -> str:

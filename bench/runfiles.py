@@ -1,4 +1,4 @@
-"""Run folders (``bench/runs/<date>-<gpu>/``): their names, and logs without progress-bar noise.
+"""Run folders (``bench/runs/<date>-<gpu>/``): their names, logs without progress-bar noise, rows, figures.
 
 Light on purpose (no torch): ``gpu_session.sh`` and ``merge_run.py`` use it before or without
 the benchmark itself.
@@ -76,3 +76,15 @@ def append_rows(path: Path, new: list[dict]) -> None:
     """Append rows to the JSON list in ``path`` (created if missing)."""
     old = json.loads(path.read_text()) if path.exists() else []
     path.write_text(json.dumps(old + new, indent=1) + "\n")
+
+
+def save_figure(fig, path: Path, title: str) -> Path:
+    """Title ``fig``, lay it out, write it to ``path`` (its folder made if missing) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -56,9 +56,9 @@ if __name__ == "__main__":  # bench.py, runfiles.py by bare name (`bench` is ben
     sys.path[:0] = [str(HERE), str(ROOT)]
 
 try:  # as bench.scaling (tests) or as a script, whose folder is on sys.path
-    from .runfiles import RUNS, append_rows
+    from .runfiles import RUNS, append_rows, save_figure
 except ImportError:
-    from runfiles import RUNS, append_rows
+    from runfiles import RUNS, append_rows, save_figure
 
 DEFAULT_MODES = "table,sft,reference_table,reference_sft"
 STEP_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
@@ -199,12 +199,7 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     axes[0].legend(handles=handles, fontsize=8, loc="upper left", ncol=2)
     axes[0].set_title(f"solid: ours, dashed: reference-equivalent; along a line: {', '.join(map(str, tiles_values))} "
                       "tiles", fontsize=9)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)
 
 
 def figure_title(rows: list[dict]) -> str:
